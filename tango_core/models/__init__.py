@@ -1,0 +1,1 @@
+"""Adapters that put Tango into Hugging Face transformers' video LLMs."""
