@@ -1,0 +1,295 @@
+"""Run a transformers ``Qwen2Model`` with LLaVA-Video's intra-LLM pruning stage (spec section 6).
+
+Layers ``0 .. K-1`` see the whole prompt (S tokens). From layer ``K - 1`` the runner takes the
+post-softmax attention row of the last prompt token (fp32, mean over heads), keeps the top
+``round(V * keep_ratio)`` tokens of the visual span, merges the dropped ones into their most
+similar kept token (:func:`tango_core.intra_llm.merge_and_prune_visual`) and runs layers
+``K .. L-1`` on the S' kept tokens, each with its original position id. Decoding continues at
+position ``last_position + 1 + t`` in every layer; each layer attends to its own cache (S entries
+below K, S' from K on).
+
+The transformers modules of the model are reused as they are: decoder layers, rotary embedding,
+final norm, ``DynamicCache`` and the mask helpers of ``transformers.masking_utils`` (so sdpa,
+eager, flash and flex attention all get the mask format they expect). Batch size 1 only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+from ..intra_llm import merge_and_prune_visual
+
+__all__ = ["IntraLLMCache", "IntraLLMQwen2Runner"]
+
+
+@dataclass
+class IntraLLMCache:
+    """Key/value cache of a pruned prefill, grown in place by each decode step.
+
+    key_values: one ``DynamicCache`` for all layers; layers ``< prune_layer`` hold
+        ``full_length + t`` entries, layers ``>= prune_layer`` hold ``kept_length + t``.
+    keep_positions: (S',) sorted indices into the prompt of the tokens kept from layer K on.
+    next_position: position id the next decoded token gets (S + t with default positions).
+    """
+
+    key_values: DynamicCache
+    prune_layer: int
+    full_length: int
+    keep_positions: Tensor
+    visual_start: int
+    visual_end: int
+    next_position: int
+
+    @property
+    def kept_length(self) -> int:
+        """S': prompt tokens cached by the layers from ``prune_layer`` on."""
+        return int(self.keep_positions.numel())
+
+    @property
+    def num_visual_kept(self) -> int:
+        """Visual tokens that layers ``prune_layer ..`` see."""
+        return self.kept_length - (self.full_length - (self.visual_end - self.visual_start))
+
+    @property
+    def num_generated(self) -> int:
+        """Tokens decoded so far on top of the prompt."""
+        return self.key_values.get_seq_length(0) - self.full_length
+
+
+class IntraLLMQwen2Runner:
+    """Prefill / decode / greedy generation of a ``Qwen2Model`` with FastV-style pruning at layer K.
+
+    language_model: a transformers ``Qwen2Model`` (e.g. ``LlavaOnevisionForConditionalGeneration
+        .model.language_model``); its weights are used, never changed.
+    prune_layer: K, the first layer that sees the shortened sequence (1 <= K < num layers).
+    keep_ratio: fraction p of the visual span kept, in (0, 1].
+    merge_weight: weight of the pooled feature in the merge, in [0, 1].
+    reference_bidirectional_bug: run layer K-1 without a causal mask in prefill, as the
+        reference does (the last row, hence the kept set, is unaffected; everything else is).
+    """
+
+    def __init__(
+        self,
+        language_model: nn.Module,
+        prune_layer: int = 18,
+        keep_ratio: float = 0.5,
+        merge_weight: float = 0.4,
+        reference_bidirectional_bug: bool = False,
+    ) -> None:
+        for name in ("layers", "norm", "rotary_emb", "config"):
+            if not hasattr(language_model, name):
+                raise TypeError(
+                    f"language_model must be a transformers Qwen2Model (missing attribute {name!r}); "
+                    "for a LLaVA model pass model.model.language_model."
+                )
+        config = language_model.config
+        num_layers = len(language_model.layers)
+        if isinstance(prune_layer, bool) or not isinstance(prune_layer, int) or not 1 <= prune_layer < num_layers:
+            raise ValueError(
+                f"prune_layer must be an int in [1, {num_layers - 1}] for a model of {num_layers} layers, "
+                f"got {prune_layer!r}."
+            )
+        if not 0.0 < float(keep_ratio) <= 1.0:
+            raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}.")
+        if not 0.0 <= float(merge_weight) <= 1.0:
+            raise ValueError(f"merge_weight must be in [0, 1], got {merge_weight!r}.")
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * num_layers
+        if any(t != "full_attention" for t in layer_types):
+            raise ValueError("IntraLLMQwen2Runner supports full-attention layers only (no sliding window).")
+        self.model = language_model
+        self.config = config
+        self.num_layers = num_layers
+        self.prune_layer = prune_layer
+        self.keep_ratio = float(keep_ratio)
+        self.merge_weight = float(merge_weight)
+        self.reference_bidirectional_bug = bool(reference_bidirectional_bug)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _run_layers(
+        self,
+        hidden: Tensor,
+        layer_range: range,
+        mask: Optional[Tensor],
+        position_embeddings: Tuple[Tensor, Tensor],
+        cache: DynamicCache,
+    ) -> Tensor:
+        """Run decoder layers ``layer_range`` on hidden (1, q, D) with one mask; returns (1, q, D)."""
+        for i in layer_range:
+            hidden = self.model.layers[i](
+                hidden,
+                attention_mask=mask,
+                position_embeddings=position_embeddings,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        return hidden
+
+    def _causal_mask(self, hidden: Tensor, cache: DynamicCache, position_ids: Tensor, layer_idx: int):
+        """Causal mask (implementation-specific format, or None) of hidden (1, q, D) for cache layer ``layer_idx``."""
+        return create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=None,
+            past_key_values=cache,
+            position_ids=position_ids,
+            layer_idx=layer_idx,
+        )
+
+    def _last_row_attention(
+        self, layer: nn.Module, hidden_in: Tensor, cos: Tensor, sin: Tensor, keys: Tensor
+    ) -> Tensor:
+        """Post-softmax attention (S,) fp32 of the last query of ``layer``, averaged over heads.
+
+        hidden_in: (1, S, D) input of the layer. cos, sin: (1, S, hd). keys: (1, kv_heads, S, hd),
+        the layer's rotated keys (from its cache). Only one query row is formed.
+        """
+        attn = layer.self_attn
+        head_dim = attn.head_dim
+        query = attn.q_proj(layer.input_layernorm(hidden_in[:, -1:]))  # (1, 1, H * hd)
+        query = query.view(1, 1, -1, head_dim).transpose(1, 2)  # (1, H, 1, hd)
+        query, _ = apply_rotary_pos_emb(query, query, cos[:, -1:], sin[:, -1:])
+        num_kv = keys.shape[1]
+        groups = query.shape[1] // num_kv
+        # Query head h uses key head h // groups (what repeat_kv does), without repeating keys.
+        q = query.reshape(num_kv, groups, head_dim).float()
+        k = keys[0].float()  # (kv_heads, S, hd)
+        scores = torch.matmul(q, k.transpose(1, 2)) * attn.scaling  # (kv_heads, groups, S)
+        return torch.softmax(scores, dim=-1).mean(dim=(0, 1))
+
+    # ------------------------------------------------------------------ public API
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        inputs_embeds: Tensor,
+        position_ids: Optional[Tensor],
+        visual_start: int,
+        visual_end: int,
+    ) -> Tuple[Tensor, IntraLLMCache]:
+        """Prefill the prompt with pruning at layer K.
+
+        inputs_embeds: (1, S, D). position_ids: (1, S) or None for 0 .. S-1.
+        visual_start, visual_end: the visual span ``[visual_start, visual_end)``; it must end before
+        the last token (the last token is the query whose attention ranks the visual tokens).
+        Returns the final-normed hidden states (1, S', D) of the kept tokens (last row = last prompt
+        token) and the cache to decode from.
+        """
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1:
+            raise ValueError(f"inputs_embeds must be (1, S, D), got shape {tuple(inputs_embeds.shape)}.")
+        seq_len = inputs_embeds.shape[1]
+        visual_start, visual_end = int(visual_start), int(visual_end)
+        if not 0 <= visual_start <= visual_end <= seq_len - 1:
+            raise ValueError(
+                f"visual span [{visual_start}, {visual_end}) must satisfy 0 <= start <= end <= S - 1 = {seq_len - 1} "
+                "(the last prompt token must be text)."
+            )
+        device = inputs_embeds.device
+        if position_ids is None:
+            position_ids = torch.arange(seq_len, device=device)[None]
+        elif tuple(position_ids.shape) != (1, seq_len):
+            raise ValueError(f"position_ids must be (1, {seq_len}), got shape {tuple(position_ids.shape)}.")
+        position_ids = position_ids.to(device=device, dtype=torch.long)
+        k_layer = self.prune_layer
+
+        cache = DynamicCache(config=self.config)
+        cos, sin = self.model.rotary_emb(inputs_embeds, position_ids)  # (1, S, hd) each
+        hidden = inputs_embeds
+        causal = self._causal_mask(hidden, cache, position_ids, layer_idx=0)
+        hidden = self._run_layers(hidden, range(k_layer - 1), causal, (cos, sin), cache)
+
+        # Layer K-1: run it, then rank the visual tokens by its last attention row.
+        hidden_in = hidden
+        layer = self.model.layers[k_layer - 1]
+        if self.reference_bidirectional_bug:
+            full = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=None,
+                                             past_key_values=cache)
+            hidden = layer(hidden, attention_mask=full, position_embeddings=(cos, sin), past_key_values=cache,
+                           use_cache=True, is_causal=False)
+        else:
+            hidden = self._run_layers(hidden, range(k_layer - 1, k_layer), causal, (cos, sin), cache)
+        keys = cache.layers[k_layer - 1].keys
+        last_row = self._last_row_attention(layer, hidden_in, cos, sin, keys)
+
+        result = merge_and_prune_visual(
+            hidden[0], last_row[visual_start:visual_end], visual_start, self.keep_ratio, self.merge_weight
+        )
+        keep = result.keep_positions.to(device=device, dtype=torch.long)
+        hidden = result.hidden.to(hidden.dtype)[None]
+        kept_ids = position_ids[:, keep]
+        kept_rope = (cos[:, keep], sin[:, keep])
+        causal = self._causal_mask(hidden, cache, kept_ids, layer_idx=k_layer)
+        hidden = self._run_layers(hidden, range(k_layer, self.num_layers), causal, kept_rope, cache)
+        hidden = self.model.norm(hidden)
+
+        state = IntraLLMCache(
+            key_values=cache,
+            prune_layer=k_layer,
+            full_length=seq_len,
+            keep_positions=keep,
+            visual_start=visual_start,
+            visual_end=visual_end,
+            next_position=int(position_ids[0, -1]) + 1,
+        )
+        return hidden, state
+
+    @torch.no_grad()
+    def decode_step(self, token_embeds: Tensor, cache: IntraLLMCache) -> Tuple[Tensor, IntraLLMCache]:
+        """One decoding step: token_embeds (1, 1, D) -> final-normed hidden (1, 1, D); cache grows in place."""
+        if token_embeds.dim() != 3 or tuple(token_embeds.shape[:2]) != (1, 1):
+            raise ValueError(f"token_embeds must be (1, 1, D), got shape {tuple(token_embeds.shape)}.")
+        if cache.prune_layer != self.prune_layer:
+            raise ValueError(f"cache was built with prune_layer={cache.prune_layer}, runner has {self.prune_layer}.")
+        kv = cache.key_values
+        position_ids = torch.full((1, 1), cache.next_position, device=token_embeds.device, dtype=torch.long)
+        rope = self.model.rotary_emb(token_embeds, position_ids)
+        k_layer = self.prune_layer
+        hidden = token_embeds
+        # Masks are sized from the cache before the layers grow it (a q_len of 1 sees every entry).
+        low = self._causal_mask(hidden, kv, position_ids, layer_idx=0)
+        high = self._causal_mask(hidden, kv, position_ids, layer_idx=k_layer)
+        hidden = self._run_layers(hidden, range(k_layer), low, rope, kv)
+        hidden = self._run_layers(hidden, range(k_layer, self.num_layers), high, rope, kv)
+        cache.next_position += 1
+        return self.model.norm(hidden), cache
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs_embeds: Tensor,
+        visual_start: int,
+        visual_end: int,
+        lm_head: Callable[[Tensor], Tensor],
+        embed_tokens: Callable[[Tensor], Tensor],
+        max_new_tokens: int,
+        eos_token_id: Optional[Union[int, Sequence[int]]],
+    ) -> Tensor:
+        """Greedy decoding. inputs_embeds: (1, S, D). Returns the new token ids (T,) int64, T <= max_new_tokens,
+        ending with the first EOS token if one was produced."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
+        device = inputs_embeds.device
+        if max_new_tokens == 0:
+            return torch.empty(0, dtype=torch.long, device=device)
+        if eos_token_id is None:
+            stop = set()
+        elif isinstance(eos_token_id, int):
+            stop = {eos_token_id}
+        else:
+            stop = {int(t) for t in eos_token_id}
+        hidden, cache = self.prefill(inputs_embeds, None, visual_start, visual_end)
+        tokens = []
+        for step in range(max_new_tokens):
+            token = lm_head(hidden[:, -1]).argmax(dim=-1)  # (1,)
+            tokens.append(token)
+            if int(token) in stop or step == max_new_tokens - 1:
+                break
+            hidden, cache = self.decode_step(embed_tokens(token[:, None]), cache)
+        return torch.cat(tokens).to(dtype=torch.long)
