@@ -207,7 +207,7 @@ def _processor_files(min_pixels: int, max_pixels: int) -> Dict[str, dict]:
 def build_tiny_qwen25vl(
     out_dir: str,
     seed: int = 0,
-    std: float = 0.08,
+    std: float = 0.2,
     text_layers: int = 2,
     vision_depth: int = 2,
     window_size: int = 56,
@@ -304,6 +304,43 @@ def qwen25vl_7b_config(token_ids: Optional[Dict[str, int]] = None):
 
 
 @torch.no_grad()
+def random_qwen25vl(
+    config,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    std: float = 0.02,
+    attn_implementation: str = "sdpa",
+):
+    """A ``Qwen2_5_VLForConditionalGeneration`` of ``config`` with random weights, built on ``device``.
+
+    Built on the meta device, materialised with ``to_empty`` and filled in place with normal(0,
+    ``std``) from a generator on ``device`` (norm scales 1); the rotary ``inv_freq`` buffers are
+    recomputed. No CPU copy of the weights is made.
+    """
+    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
+    model = model.to_empty(device=device)
+    _fill_random_(model, std, torch.Generator(device=device).manual_seed(seed))
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "config"):
+            fresh = type(module)(module.config)
+            module.inv_freq = fresh.inv_freq.to(device)
+            module.original_inv_freq = fresh.original_inv_freq.to(device)
+    text = config.text_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=text.bos_token_id,
+        eos_token_id=[text.eos_token_id, text.pad_token_id],
+        pad_token_id=text.pad_token_id,
+        do_sample=False,
+    )
+    return model.eval()
+
+
 def random_qwen25vl_7b(
     device: str = "cuda",
     dtype: torch.dtype = torch.bfloat16,
@@ -312,32 +349,8 @@ def random_qwen25vl_7b(
     token_ids: Optional[Dict[str, int]] = None,
     attn_implementation: str = "sdpa",
 ):
-    """Qwen2.5-VL-7B-shaped ``Qwen2_5_VLForConditionalGeneration`` with random weights, built on ``device``.
+    """Qwen2.5-VL-7B-shaped model with random weights made directly on ``device`` (see :func:`random_qwen25vl`).
 
-    Built on the meta device, materialised with ``to_empty`` and filled in place with normal(0,
-    ``std``) from a generator on ``device`` (norm scales 1); the rotary ``inv_freq`` buffers are
-    recomputed. No CPU copy of the weights is ever made.
+    Pair it with :func:`build_tiny_tokenizer` by passing ``token_ids=special_token_ids(tokenizer)``.
     """
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
-
-    config = qwen25vl_7b_config(token_ids)
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation
-        )
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    _fill_random_(model, std, generator)
-    for module in model.modules():
-        if hasattr(module, "inv_freq") and hasattr(module, "config"):
-            fresh = type(module)(module.config)
-            module.inv_freq = fresh.inv_freq.to(device)
-            module.original_inv_freq = fresh.original_inv_freq.to(device)
-    ids = config.text_config
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids.bos_token_id,
-        eos_token_id=[ids.eos_token_id, ids.pad_token_id],
-        pad_token_id=ids.pad_token_id,
-        do_sample=False,
-    )
-    return model.eval()
+    return random_qwen25vl(qwen25vl_7b_config(token_ids), device, dtype, seed, std, attn_implementation)
