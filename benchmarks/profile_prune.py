@@ -1,0 +1,46 @@
+"""Profile one ``tango_prune`` call with torch.profiler (kernel counts, host vs device time).
+
+Usage: python benchmarks/profile_prune.py [--shape llava_onevision] [--regime mixed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_prune import DTYPES, SHAPES  # noqa: E402
+from tango_core import TangoConfig, tango_prune  # noqa: E402
+from tango_core.synthetic import structured_clip  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="llava_onevision", choices=sorted(SHAPES))
+    parser.add_argument("--regime", default="mixed")
+    parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    frames, grid, dim, ratio, threshold = SHAPES[args.shape]
+    clip = structured_clip(frames, grid, dim, args.regime, 3, 0, dtype=DTYPES[args.dtype], device=device)
+    config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
+    run = lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)  # noqa: E731
+    for _ in range(5):
+        run()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
