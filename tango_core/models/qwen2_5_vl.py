@@ -691,8 +691,8 @@ class Qwen25VLTango(TangoVideoLM):
     def greedy_decode(self, prefill: QwenPrefill, max_new_tokens: int) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
         """Prefill then greedy decoding with a KV cache.
 
-        Returns generated ids (n,), the first token's logits (vocab,) float32, and stage times
-        ("prefill", "decode") in ms. Stops after an end-of-sequence id or ``max_new_tokens``.
+        Returns generated ids (n,), the logits of every step (n, vocab) float32 on CPU, and stage
+        times ("prefill", "decode") in ms. Stops after an end-of-sequence id or ``max_new_tokens``.
         """
         timer = _Timer(self.device)
         with timer.stage("prefill"):
@@ -703,10 +703,10 @@ class Qwen25VLTango(TangoVideoLM):
                 use_cache=True,
                 logits_to_keep=1,
             )
-        first_logits = out.logits[0, -1].float()
+        step_logits = [out.logits[0, -1].float()]
         cache = out.past_key_values
         mask = prefill.attention_mask
-        token = int(first_logits.argmax())
+        token = int(step_logits[0].argmax())
         generated = [token]
         with timer.stage("decode"):
             for step in range(1, max_new_tokens):
@@ -722,9 +722,11 @@ class Qwen25VLTango(TangoVideoLM):
                     logits_to_keep=1,
                 )
                 cache = out.past_key_values
-                token = int(out.logits[0, -1].float().argmax())
+                step_logits.append(out.logits[0, -1].float())
+                token = int(step_logits[-1].argmax())
                 generated.append(token)
-        return torch.tensor(generated, dtype=torch.long), first_logits.cpu(), dict(timer.times_ms)
+        logits = torch.stack(step_logits).cpu()
+        return torch.tensor(generated, dtype=torch.long), logits, dict(timer.times_ms)
 
     # -- unmodified model ------------------------------------------------------------------------
 

@@ -1,0 +1,366 @@
+"""Qwen2.5-VL adapter: equivalence at r = 1, pruning wiring, positions, decoding, saliency, sampling."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tango_core import TangoConfig, tango_prune
+from tango_core.models.base import VideoClip
+from tango_core.models.qwen2_5_vl import (
+    Qwen25VLTango,
+    frame_pixel_bounds,
+    patch_timestamps,
+    patchify_video,
+    qwen_frame_indices,
+    qwen_num_frames,
+    smart_resize,
+)
+from tango_core.models.tiny_qwen import (
+    build_tiny_qwen25vl,
+    build_tiny_tokenizer,
+    qwen25vl_7b_config,
+    random_qwen25vl,
+    special_token_ids,
+    tiny_qwen25vl_config,
+)
+
+QUESTION = "What is happening in the video? Answer with the option's letter."
+# Small frames: 112x140 px -> 8x10 patches -> 4x5 merged tokens per temporal patch, split into
+# 2x3 windows of at most 2x2 merged tokens (window_size 56 px), so window order != LLM order.
+SMALL = {"video_min_pixels": 4 * 28 * 28}
+
+
+def _frames(count: int, seed: int = 0, height: int = 112, width: int = 140) -> np.ndarray:
+    """A moving square on a smooth background with noise: (count, H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) * 127 / (width + height)], -1)
+    out = []
+    for t in range(count):
+        frame = base + rng.normal(0, 8, base.shape)
+        x0 = 10 + 12 * t
+        frame[30:60, x0:x0 + 30] = (250, 30, 30)
+        out.append(np.clip(frame, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def _write_video(path: str, frames: np.ndarray, fps: int) -> str:
+    import av
+
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames.shape[1], frames.shape[2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return build_tiny_qwen25vl(str(tmp_path_factory.mktemp("tiny_qwen25vl")), seed=0)
+
+
+@pytest.fixture(scope="module")
+def vanilla(model_dir) -> Qwen25VLTango:
+    return Qwen25VLTango.from_pretrained(model_dir, tango=None, **SMALL)
+
+
+def _with(base: Qwen25VLTango, ratio: float) -> Qwen25VLTango:
+    return Qwen25VLTango(base.model, base.tokenizer, TangoConfig(retention_ratio=ratio), chat_template=base.chat_template, **SMALL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_from_pretrained_defaults(vanilla):
+    assert vanilla.model.dtype == torch.float32
+    assert vanilla.model.config._attn_implementation == "sdpa"
+    assert vanilla.device.type == "cpu"
+    assert vanilla.model.config.vision_config.fullatt_block_indexes[-1] == len(vanilla.model.model.visual.blocks) - 1
+    text = vanilla.tokenizer.decode(vanilla.prepare_inputs(_frames(4), QUESTION).input_ids[0].tolist())
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|><|video_pad|>")
+    assert text.endswith("<|vision_end|>" + QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# r = 1.0 is the unmodified model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_ratio_one_equals_vanilla(model_dir, vanilla, dtype):
+    base = vanilla if dtype == torch.float32 else Qwen25VLTango.from_pretrained(model_dir, dtype=dtype, **SMALL)
+    full = _with(base, 1.0)
+    frames = _frames(8)
+    ref = base.first_token_logits(frames, QUESTION)
+    got = full.first_token_logits(frames, QUESTION)
+    assert ref.shape == (base.model.config.text_config.vocab_size,)
+    assert torch.equal(ref, got)
+    gen_ref = base.generate(frames, QUESTION, max_new_tokens=6)
+    gen = full.generate(frames, QUESTION, max_new_tokens=6)
+    assert torch.equal(gen_ref.token_ids, gen.token_ids)
+    assert gen_ref.text == gen.text
+    assert gen.stats.visual_tokens_before == gen.stats.visual_tokens_after == 4 * 20
+    assert {"vit", "prune", "prefill"} <= set(gen.stats.times_ms)
+    assert {"vit", "prefill"} <= set(gen_ref.stats.times_ms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning wiring
+
+
+def _capture_llm_inputs(model):
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"].detach().clone()
+        seen["position_ids"] = kwargs["position_ids"].detach().clone()
+
+    return seen, model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def test_pruned_llm_input_and_positions(vanilla):
+    pruned = _with(vanilla, 0.1)
+    frames = _frames(8)
+    inputs = pruned.prepare_inputs(frames, QUESTION)
+    prefill = pruned.prepare_prefill(inputs, pruned.tango)
+    # Tango's own answer on the same inputs.
+    result = tango_prune(prefill.features, prefill.saliency, prefill.grid, prefill.timestamps, pruned.tango)
+    num_video = prefill.video_positions.numel()
+    assert num_video == 80 and prefill.grid == (4, 5)
+    assert torch.equal(prefill.keep_index, result.keep_index)
+    kept = result.keep_index.numel()
+    assert 0 < kept < num_video
+    seen, handle = _capture_llm_inputs(pruned.model)
+    try:
+        pruned.first_token_logits(frames, QUESTION)
+    finally:
+        handle.remove()
+    full_length = inputs.input_ids.shape[1]
+    assert seen["embeds"].shape[1] == full_length - num_video + kept
+    # Kept tokens carry their original M-RoPE ids; text tokens too.
+    full_pos, deltas = pruned.model.model.get_rope_index(
+        inputs.input_ids, mm_token_type_ids=inputs.mm_token_type_ids, video_grid_thw=inputs.video_grid_thw,
+        second_per_grid_ts=inputs.second_per_grid_ts, attention_mask=inputs.attention_mask,
+    )
+    keep = torch.ones(full_length, dtype=torch.bool)
+    keep[prefill.video_positions] = False
+    keep[prefill.video_positions[result.keep_index]] = True
+    assert torch.equal(seen["position_ids"], full_pos[:, :, keep])
+    assert torch.equal(prefill.rope_deltas, deltas)
+    # The LLM receives Tango's features at the kept video slots and the text embeddings elsewhere.
+    kept_slots = torch.isin(torch.nonzero(keep).squeeze(1), prefill.video_positions)
+    assert torch.equal(seen["embeds"][0, kept_slots], result.kept_features)
+    text_ids = inputs.input_ids[0, keep][~kept_slots]
+    assert torch.equal(seen["embeds"][0, ~kept_slots], pruned.model.model.get_input_embeddings()(text_ids))
+    # Video positions: temporal ids step by tokens_per_second * second_per_grid_ts = 2 * 1.
+    video_pos = full_pos[:, 0, prefill.video_positions]
+    assert sorted(set(video_pos[0].tolist())) == [video_pos[0, 0].item() + 2 * t for t in range(4)]
+    assert torch.allclose(prefill.timestamps, torch.from_numpy(patch_timestamps(np.arange(8.0), 4)))
+
+
+def test_decoding_after_pruning_matches_recomputation(vanilla):
+    pruned = _with(vanilla, 0.1)
+    prefill = pruned.prepare(_frames(8, seed=1), QUESTION)
+    ids, step_logits, _ = pruned.greedy_decode(prefill, 6)
+    assert ids.numel() >= 2
+    embed = pruned.model.model.get_input_embeddings()
+    for j in range(ids.numel()):
+        embeds = torch.cat([prefill.inputs_embeds, embed(ids[:j]).unsqueeze(0)], dim=1)
+        positions = torch.cat([prefill.position_ids, pruned.decode_positions(prefill, 0, j)], dim=2)
+        with torch.no_grad():
+            out = pruned.model(inputs_embeds=embeds, position_ids=positions,
+                               attention_mask=torch.ones(1, embeds.shape[1], dtype=torch.long), use_cache=False)
+        logits = out.logits[0, -1].float()
+        assert int(logits.argmax()) == int(ids[j])
+        assert torch.allclose(logits, step_logits[j], atol=1e-4, rtol=1e-4)
+    # The first decode position continues the full (unpruned) sequence.
+    assert int(pruned.decode_positions(prefill, 0)[0, 0, 0]) == int(prefill.position_ids.max()) + 1
+    generation = pruned.generate(_frames(8, seed=1), QUESTION, max_new_tokens=6)
+    assert torch.equal(generation.token_ids, ids)
+    assert generation.stats.visual_tokens_after == prefill.keep_index.numel()
+
+
+# ---------------------------------------------------------------------------------------------
+# Saliency
+
+
+def test_saliency_matches_explicit_computation(vanilla):
+    model = vanilla.model
+    visual = model.model.visual
+    inputs = vanilla.prepare_inputs(_frames(6, seed=2), QUESTION)
+    captured = {}
+
+    def pre(module, args, kwargs):
+        captured["h"] = args[0].detach().clone()
+        captured["rope"] = kwargs["position_embeddings"]
+
+    def post(module, args, kwargs, output):
+        captured["out"] = output.detach().clone()
+
+    handles = [visual.blocks[-1].register_forward_pre_hook(pre, with_kwargs=True),
+               visual.blocks[-1].register_forward_hook(post, with_kwargs=True)]
+    try:
+        with torch.no_grad():
+            embeds, saliency = vanilla.encode_video(inputs, with_saliency=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        plain, _ = vanilla.encode_video(inputs, with_saliency=False)
+    assert torch.equal(plain, embeds)  # the hooks do not change the ViT's output
+    grid_t, units = saliency.shape
+    assert (grid_t, units) == (3, 20)
+    assert torch.allclose(saliency.sum(-1), torch.ones(grid_t), atol=1e-5)
+    assert (saliency >= 0).all()
+
+    # Window order -> LLM order, found by matching the merger's rows (independent of window_index).
+    with torch.no_grad():
+        merged_window = visual.merger(captured["out"])
+    distance = torch.cdist(embeds.double(), merged_window.double())
+    nearest = distance.topk(2, dim=1, largest=False)
+    llm_to_window = nearest.indices[:, 0]
+    assert torch.all(nearest.values[:, 0] < 1e-4) and torch.all(nearest.values[:, 1] > 1e-2)
+    assert not torch.equal(llm_to_window, torch.arange(llm_to_window.numel()))  # windowing is non-trivial
+
+    block = visual.blocks[-1]
+    with torch.no_grad():
+        x = block.norm1(captured["h"]).double()
+        qkv = x @ block.attn.qkv.weight.double().T + block.attn.qkv.bias.double()
+    heads = block.attn.num_heads
+    head_dim = qkv.shape[1] // 3 // heads
+    qkv = qkv.reshape(-1, 3, heads, head_dim)
+    cos, sin = (t.double()[:, None, :] for t in captured["rope"])
+
+    def rotate(v):
+        return torch.cat([-v[..., head_dim // 2:], v[..., :head_dim // 2]], dim=-1)
+
+    q = qkv[:, 0] * cos + rotate(qkv[:, 0]) * sin
+    k = qkv[:, 1] * cos + rotate(qkv[:, 1]) * sin
+    per_t = q.shape[0] // grid_t
+    window_sal = torch.zeros(grid_t * units, dtype=torch.float64)
+    for t in range(grid_t):
+        for head in range(heads):
+            q_mean = q[t * per_t:(t + 1) * per_t, head].mean(0)
+            scores = []
+            for u in range(units):
+                start = t * per_t + 4 * u
+                k_mean = k[start:start + 4, head].mean(0)
+                scores.append(float(q_mean @ k_mean) / math.sqrt(head_dim))
+            top = max(scores)
+            exps = [math.exp(s - top) for s in scores]
+            for u in range(units):
+                window_sal[t * units + u] += exps[u] / sum(exps) / heads
+    expected = window_sal[llm_to_window].reshape(grid_t, units)
+    assert torch.allclose(saliency.double(), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames and preprocessing
+
+
+def test_frame_count_rules():
+    assert qwen_num_frames(300, 30.0) == 20  # 10 s at 2 fps
+    assert qwen_num_frames(30 * 600, 30.0) == 128  # capped
+    assert qwen_num_frames(10, 30.0) == 4  # at least 4 frames
+    assert qwen_num_frames(5, 30.0) == 4
+    assert qwen_num_frames(3, 30.0) == 2  # floored to even within the video
+    assert qwen_num_frames(301, 25.0, num_frames=32) == 32  # a dataset's nframe overrides
+    assert qwen_num_frames(21, 25.0, num_frames=32) == 20  # shorter video: rounded down to even
+    assert qwen_num_frames(300, 25.0, num_frames=15) == 16  # rounded to the frame factor
+    with pytest.raises(ValueError, match="at least 2"):
+        qwen_num_frames(1, 25.0)
+    with pytest.raises(ValueError, match="no|nothing"):
+        qwen_num_frames(0, 25.0)
+    assert qwen_frame_indices(10, 4).tolist() == [0, 3, 6, 9]
+    assert frame_pixel_bounds(128) == (128 * 28 * 28, 768 * 28 * 28)
+    low, high = frame_pixel_bounds(8, min_pixels=1280 * 28 * 28, max_pixels=16384 * 28 * 28)
+    assert high == int(1280 * 28 * 28 * 1.05)
+    assert smart_resize(360, 640, 28, 128 * 784, 768 * 784) == (364, 644)
+    assert smart_resize(1080, 1920, 28, 128 * 784, 768 * 784) == (560, 1008)
+
+
+def test_patchify_matches_image_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image = _frames(1, height=56, width=84)[0]
+    processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    expected = processor(images=[image], return_tensors="pt")
+    frames = torch.from_numpy(np.stack([image, image])).permute(0, 3, 1, 2).float()
+    rows, grid = patchify_video(frames, processor.image_mean, processor.image_std)
+    assert list(grid) == expected["image_grid_thw"][0].tolist()
+    assert torch.allclose(rows, expected["pixel_values"].float(), atol=1e-5)
+
+
+def test_video_file_sampling_and_timestamps(vanilla, tmp_path):
+    path = _write_video(str(tmp_path / "clip.mp4"), _frames(12, seed=3), fps=4)
+    clip = vanilla.load_clip(path)
+    assert clip.frames.shape == (6, 112, 140, 3)  # 3 s at 2 fps
+    assert clip.frame_indices.tolist() == qwen_frame_indices(12, 6).tolist()
+    assert np.allclose(clip.timestamps, clip.frame_indices / 4.0)
+    assert vanilla.load_clip(path, num_frames=20).frames.shape[0] == 12  # shorter: all 12 (even)
+    pruned = _with(vanilla, 0.1)
+    prefill = pruned.prepare(path, QUESTION, num_frames=8)
+    times = qwen_frame_indices(12, 8) / 4.0
+    assert torch.allclose(prefill.timestamps, torch.from_numpy(np.interp(np.linspace(0, 7, 4), np.arange(8), times)))
+    generation = pruned.generate(path, QUESTION, max_new_tokens=3)
+    assert generation.stats.num_frames == 6 and generation.token_ids.numel() >= 1
+    # A clip with an odd number of frames gets its last frame repeated.
+    odd = VideoClip(_frames(3), np.array([0.0, 0.5, 1.0]), np.arange(3), 2.0, 3)
+    padded = vanilla.load_clip(odd)
+    assert padded.frames.shape[0] == 4 and padded.timestamps.tolist() == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_bad_videos_raise_clear_errors(vanilla, tmp_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"this is not a video file" * 64)
+    with pytest.raises(ValueError, match="(?i)decod|video"):
+        vanilla.generate(str(corrupt), QUESTION)
+    with pytest.raises(FileNotFoundError):
+        vanilla.generate(str(tmp_path / "missing.mp4"), QUESTION)
+    with pytest.raises(ValueError, match="zero frames"):
+        vanilla.generate(np.zeros((0, 112, 140, 3), dtype=np.uint8), QUESTION)
+    with pytest.raises(ValueError, match="zero frames"):
+        vanilla.generate([], QUESTION)
+    single = _write_video(str(tmp_path / "one.mp4"), _frames(1), fps=4)
+    with pytest.raises(ValueError, match="at least 2"):
+        vanilla.generate(single, QUESTION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model builders
+
+
+def test_7b_config_and_random_builder():
+    config = qwen25vl_7b_config()
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (3584, 28, 28, 4)
+    assert (text.intermediate_size, text.vocab_size, text.rope_parameters["rope_theta"]) == (18944, 152064, 1e6)
+    assert text.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (vision.depth, vision.hidden_size, vision.num_heads, vision.out_hidden_size) == (32, 1280, 16, 3584)
+    assert (vision.window_size, list(vision.fullatt_block_indexes), vision.intermediate_size) == (112, [7, 15, 23, 31], 3420)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        meta_model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+    assert sum(p.numel() for p in meta_model.parameters()) == 8_292_166_656
+
+    # The device builder, exercised at tiny size on CPU: rotary tables recomputed, model runs.
+    tokenizer = build_tiny_tokenizer()
+    tiny = tiny_qwen25vl_config(len(tokenizer), special_token_ids(tokenizer))
+    model = random_qwen25vl(tiny, device="cpu", dtype=torch.float32, seed=0)
+    reference = Qwen2_5_VLForConditionalGeneration(tiny)
+    assert torch.equal(model.model.language_model.rotary_emb.inv_freq, reference.model.language_model.rotary_emb.inv_freq)
+    assert torch.equal(model.model.visual.rotary_pos_emb.inv_freq, reference.model.visual.rotary_pos_emb.inv_freq)
+    adapter = Qwen25VLTango(model, tokenizer, TangoConfig(retention_ratio=0.2), **SMALL)
+    assert torch.isfinite(adapter.first_token_logits(_frames(4), QUESTION)).all()
