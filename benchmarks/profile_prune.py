@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--regime", default="mixed")
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--sync-debug", action="store_true", help="warn at every host-device synchronisation")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frames, grid, dim, ratio, threshold = SHAPES[args.shape]
@@ -33,6 +34,10 @@ def main() -> None:
     run = lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)  # noqa: E731
     for _ in range(5):
         run()
+    if args.sync_debug and device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("warn")
+        run()
+        torch.cuda.set_sync_debug_mode("default")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         run()

@@ -39,11 +39,11 @@ def dpc_knn_centres(
     squared = torch.where(used, nearest * nearest, torch.zeros_like(nearest))
     density = torch.exp(-(squared.sum(-1) / neighbours_used.squeeze(-1).clamp(min=1)))  # (P, M)
 
-    largest = masked.masked_fill(~valid_cols, NEG_INF).masked_fill(~valid.unsqueeze(-1), NEG_INF)
-    largest = largest.flatten(1).max(dim=-1).values.view(num_problems, 1)  # (P, 1)
+    pair_valid = valid.unsqueeze(-1) & valid_cols
+    largest = (distances * pair_valid).flatten(1).amax(dim=-1).view(num_problems, 1)  # distances >= 0
     denser = (density.unsqueeze(1) > density.unsqueeze(2)) & valid_cols  # denser[p, i, j]: rho_j > rho_i
-    delta = masked.masked_fill(~denser, POS_INF).min(dim=-1).values
-    delta = torch.where(torch.isinf(delta), largest.expand_as(delta), delta)
+    delta = torch.where(denser, distances, POS_INF).amin(dim=-1)
+    delta = torch.where(torch.isinf(delta), largest, delta)
     score = (density * delta).masked_fill(~valid, NEG_INF)
     return torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :num_centres]
 

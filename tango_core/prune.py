@@ -181,12 +181,29 @@ class _IndexUpload:
         return out
 
 
-def _size_buckets(sizes: np.ndarray) -> List[np.ndarray]:
-    """Group problem ids by the power of two above their size, so padding stays below 2x."""
+def _size_buckets(sizes: np.ndarray, slack: float = 2.0, small: int = 1 << 22) -> List[np.ndarray]:
+    """Group problems (by index into ``sizes``) into padded batches.
+
+    Problems are taken in ascending size; the next one joins the current group while the group's
+    padded distance matrices (count * max_size**2) stay within ``slack`` times their true size,
+    or below ``small`` elements. Few groups mean few kernel launches; bounded padding keeps memory
+    and work close to the unpadded problems.
+    """
     if len(sizes) == 0:
         return []
-    keys = np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64)
-    return [np.flatnonzero(keys == key) for key in np.unique(keys)]
+    order = np.argsort(sizes, kind="stable")
+    groups: List[List[int]] = [[int(order[0])]]
+    true_cost = float(sizes[order[0]]) ** 2
+    for index in order[1:]:
+        size = float(sizes[index])
+        padded = (len(groups[-1]) + 1) * size * size  # ascending: this one is the new maximum
+        if padded <= slack * (true_cost + size * size) or padded <= small:
+            groups[-1].append(int(index))
+            true_cost += size * size
+        else:
+            groups.append([int(index)])
+            true_cost = size * size
+    return [np.asarray(sorted(group), dtype=np.int64) for group in groups]
 
 
 def tango_prune(
