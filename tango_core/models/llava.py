@@ -156,6 +156,7 @@ class LlavaTango(TangoVideoLM):
         device: Optional[Union[str, torch.device]] = None,
         attn_implementation: Optional[str] = None,
         siglip_path: Optional[str] = None,
+        config=None,
         **kwargs,
     ) -> "LlavaTango":
         """Load a LLaVA-OneVision-format checkpoint (directory or hub id) with its tokenizer.
@@ -165,16 +166,17 @@ class LlavaTango(TangoVideoLM):
         ``tango_family`` key, else ``llava_video`` when the path names LLaVA-Video, else OneVision.
         siglip_path: SigLIP checkpoint with the attention-pooling head (default: the config's
         ``tango_siglip`` key, relative to the model directory, else google/siglip-so400m-patch14-384).
+        config: the checkpoint's already loaded config (read from ``path`` when None).
         Other keyword arguments go to the constructor (num_frames, intra_llm_layer, ...).
         """
         from transformers import AutoConfig, AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path) if config is None else config
         family = family or detect_llava_family(config, path)
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = (torch.float16 if device.type == "cuda" else torch.float32) if dtype is None else dtype
         model = LlavaOnevisionForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation or default_attn_implementation()
+            path, config=config, dtype=dtype, attn_implementation=attn_implementation or default_attn_implementation()
         ).to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, tango=tango, family=family, siglip_path=resolve_siglip_path(config, path, siglip_path), **kwargs)

@@ -98,5 +98,6 @@ def load_tango_model(
         device=device,
         attn_implementation=attn_implementation,
         siglip_path=siglip_path,
+        config=config,
         **kwargs,
     )
