@@ -49,18 +49,39 @@ def st_rope(
     frame's timestamp, the token's row and the token's column respectively.
     """
     num_frames, num_tokens, dim = features.shape
-    d_t, d_h, d_w = resolve_rope_sections(dim, sections)
+    sections = resolve_rope_sections(dim, sections)
     device = features.device
     if timestamps is None:
         timestamps = torch.arange(num_frames, device=device, dtype=torch.float32)
     x = F.normalize(features.float(), dim=-1)
     rows, cols = grid_positions(grid, device)
-    x_t, x_h, x_w = x.split((d_t, d_h, d_w), dim=-1)
-    return torch.cat(
-        (
-            _rotary(x_t, timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1), base_time),
-            _rotary(x_h, rows.view(1, num_tokens), base_space),
-            _rotary(x_w, cols.view(1, num_tokens), base_space),
-        ),
-        dim=-1,
+    # One angle table for all channels: each group's frequencies are zero outside the group, so
+    # t * f_t + row * f_h + col * f_w equals each group's own angle exactly.
+    freq_time, freq_row, freq_col, partner, sign = _channel_tables(sections, base_time, base_space, device)
+    angles = (
+        timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1, 1) * freq_time
+        + rows.view(1, num_tokens, 1) * freq_row
+        + cols.view(1, num_tokens, 1) * freq_col
     )
+    return x * angles.cos() + x[..., partner] * sign * angles.sin()
+
+
+def _channel_tables(
+    sections: Tuple[int, int, int], base_time: float, base_space: float, device: torch.device
+) -> Tuple[torch.Tensor, ...]:
+    """Per-channel frequencies of the three groups (D,) each, and rotate-half as a gather + sign."""
+    tables = [torch.zeros(sum(sections)) for _ in range(3)]
+    partner = torch.arange(sum(sections))
+    sign = torch.ones(sum(sections))
+    start = 0
+    for group, (size, base) in enumerate(zip(sections, (base_time, base_space, base_space))):
+        if size:
+            half = size // 2
+            inv_freq = 1.0 / (base ** (torch.arange(0, size, 2, dtype=torch.int64).float() / size))
+            tables[group][start : start + size] = torch.cat((inv_freq, inv_freq))
+            channels = torch.arange(start, start + size)
+            partner[start : start + size] = torch.cat((channels[half:], channels[:half]))
+            sign[start : start + half] = -1.0
+        start += size
+    moved = torch.cat((torch.stack(tables), sign.view(1, -1))).to(device)
+    return moved[0], moved[1], moved[2], partner.to(device), moved[3]
