@@ -16,6 +16,10 @@ Pipeline of one call:
 4. ``get_rope_index`` on the full sequence; ``tango_prune``; the pruned video tokens are dropped
    from embeddings, position ids and attention mask; decoding continues from the full sequence's
    positions (its ``rope_deltas``).
+
+Generation is plain greedy (argmax, repetition penalty 1.0) in both paths: ``tango=None`` calls the
+model's own ``generate`` with sampling and penalties switched off; with Tango a KV-cached greedy
+loop runs over the pruned prefill. At ``retention_ratio=1.0`` both give identical logits and tokens.
 """
 
 from __future__ import annotations
@@ -791,7 +795,7 @@ class Qwen25VLTango(TangoVideoLM):
                     temperature=None,
                     top_p=None,
                     top_k=None,
-                    repetition_penalty=None,
+                    repetition_penalty=1.0,
                     eos_token_id=list(self.eos_token_ids),
                     pad_token_id=self.pad_token_id,
                 )

@@ -227,11 +227,17 @@ def build_tiny_qwen25vl(
     config = tiny_qwen25vl_config(len(tokenizer), ids, text_layers, vision_depth, window_size)
     model = Qwen2_5_VLForConditionalGeneration(config).to(torch.float32).eval()
     _fill_random_(model, std, torch.Generator().manual_seed(seed))
+    # Sampling settings shaped like Qwen2.5-VL-Instruct's published generation config, so that
+    # tests see the adapter override them with plain greedy decoding.
     model.generation_config = GenerationConfig(
         bos_token_id=ids["bos_token_id"],
         eos_token_id=[ids["eos_token_id"], ids["bos_token_id"]],
         pad_token_id=ids["pad_token_id"],
-        do_sample=False,
+        do_sample=True,
+        repetition_penalty=1.05,
+        temperature=0.1,
+        top_p=0.001,
+        top_k=1,
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
