@@ -18,7 +18,7 @@ import torch
 
 from .budget import BudgetPlan, build_plan
 from .config import TangoConfig, resolve_rope_sections
-from .dpc import merge_into_anchors, select_diverse_salient
+from .dpc import ProblemTables, merge_into_anchors, problem_arrays, select_diverse_salient
 from .rope import st_rope
 from .segmentation import (
     consecutive_frame_similarity,
@@ -120,37 +120,32 @@ def _segment_and_check(
     """Segment lengths and (N-1, L) static run lengths, after one device-to-host transfer."""
     num_frames, num_tokens, _ = features.shape
     threshold = config.resolved_similarity_threshold()
-    flags = torch.stack(
-        [
-            torch.isfinite(features).all(),
-            torch.isfinite(saliency).all(),
-            (saliency >= 0).all(),
-            torch.isfinite(timestamps).all(),
-        ]
-    ).double()
-    packed = [flags]
+    packed = [
+        torch.isfinite(features).all().view(1),
+        torch.isfinite(saliency).all().view(1),
+        (saliency >= 0).all().view(1),
+        torch.isfinite(timestamps).all().view(1),
+    ]
     if num_frames > 1:
         token_similarity = consecutive_token_similarity(features)
-        packed.append(run_lengths(token_similarity > config.static_threshold).flatten().double())
+        packed.append((token_similarity > config.static_threshold).flatten())
         if config.segmenter == "holitom":
-            values = holitom_window_values(run_lengths(token_similarity > threshold))
-            packed.append(values.flatten().double())
+            packed.append((token_similarity > threshold).flatten())
         else:
             summary = global_features if global_features is not None else features.float().mean(dim=1)
             frame_similarity = consecutive_frame_similarity(summary)
-            packed += [frame_similarity.double(), (frame_similarity < threshold).double()]
-    host = torch.cat(packed).cpu().numpy()
+            packed += [frame_similarity, frame_similarity < threshold]
+    host = torch.cat([part.float() for part in packed]).cpu().numpy()
     _raise_on_bad_values(host[:4])
     if num_frames == 1:
         return [1], np.zeros((0, num_tokens), dtype=np.int64)
-    cursor = 4 + (num_frames - 1) * num_tokens
-    static_runs = host[4:cursor].astype(np.int64).reshape(num_frames - 1, num_tokens)
+    pairs = (num_frames - 1) * num_tokens
+    static_runs = run_lengths(host[4 : 4 + pairs].reshape(num_frames - 1, num_tokens) > 0.5)
+    rest = host[4 + pairs :]
     if config.segmenter == "holitom":
-        values = host[cursor:].astype(np.int64).reshape(num_frames, num_frames)
+        values = holitom_window_values(run_lengths(rest.reshape(num_frames - 1, num_tokens) > 0.5))
         return holitom_segments(values), static_runs
-    similarity = host[cursor : cursor + num_frames - 1].astype(np.float32)
-    below = host[cursor + num_frames - 1 :] > 0.5
-    return fastvid_segments(similarity, below, config.fastvid_cuts), static_runs
+    return fastvid_segments(rest[: num_frames - 1], rest[num_frames - 1 :] > 0.5, config.fastvid_cuts), static_runs
 
 
 def _static_positions(static_runs: np.ndarray, segment_lengths: List[int], num_tokens: int) -> np.ndarray:
@@ -161,24 +156,40 @@ def _static_positions(static_runs: np.ndarray, segment_lengths: List[int], num_t
     return (lengths[:, None] >= 2) & (padded[starts] >= (lengths - 1)[:, None])
 
 
-class _IndexUpload:
-    """Collects host index arrays and moves them to the device in one copy."""
+class _Upload:
+    """Collects host arrays of any dtype and moves them to the device in one copy.
+
+    Arrays are packed into one byte buffer at 8-byte alignment and come back as typed views.
+    """
 
     def __init__(self) -> None:
         self._arrays: List[np.ndarray] = []
 
     def add(self, array: np.ndarray) -> int:
-        self._arrays.append(np.ascontiguousarray(array, dtype=np.int64))
+        self._arrays.append(np.ascontiguousarray(array))
         return len(self._arrays) - 1
 
+    def add_tables(self, arrays: dict) -> dict:
+        return {name: self.add(array) for name, array in arrays.items()}
+
     def upload(self, device: torch.device) -> List[torch.Tensor]:
-        flat = np.concatenate([a.ravel() for a in self._arrays]) if self._arrays else np.zeros(0, np.int64)
-        on_device = torch.from_numpy(flat).to(device, non_blocking=False)
-        out, offset = [], 0
+        offsets, total = [], 0
         for array in self._arrays:
-            out.append(on_device[offset : offset + array.size].view(array.shape))
-            offset += array.size
+            offsets.append(total)
+            total += -(-array.nbytes // 8) * 8
+        buffer = np.zeros(max(total, 8), dtype=np.uint8)
+        for array, offset in zip(self._arrays, offsets):
+            buffer[offset : offset + array.nbytes] = np.frombuffer(array.tobytes(), dtype=np.uint8)
+        on_device = torch.from_numpy(buffer).to(device)
+        out = []
+        for array, offset in zip(self._arrays, offsets):
+            dtype = torch.bool if array.dtype == np.bool_ else torch.from_numpy(array[:0]).dtype
+            out.append(on_device[offset : offset + array.nbytes].view(dtype).view(array.shape))
         return out
+
+
+def _tables(uploaded: List[torch.Tensor], handles: dict) -> ProblemTables:
+    return ProblemTables(**{name: uploaded[index] for name, index in handles.items()})
 
 
 def _size_buckets(sizes: np.ndarray, slack: float = 2.0, small: int = 1 << 22) -> List[np.ndarray]:
@@ -263,127 +274,118 @@ def _execute(
     num_frames, num_tokens, dim = features.shape
     device = features.device
     num_virtual = len(plan.virtual_segment)
+    k = config.num_neighbors
 
     # Extended frames: the N real frames, then one virtual (static pseudo-) frame per segment with
-    # static positions. out_frame: where its tokens land; rope_frame: whose ST-RoPE it clusters with.
-    segment_of_virtual_start = plan.segment_start[plan.virtual_segment]
-    out_frame = np.concatenate((np.arange(num_frames), segment_of_virtual_start))
-    membership = np.zeros((num_virtual, num_frames), dtype=np.int64)
+    # static positions. Its tokens land on, and cluster with the ST-RoPE of, the segment's first frame.
+    out_frame = np.concatenate((np.arange(num_frames), plan.segment_start[plan.virtual_segment]))
+    extend = np.zeros((num_frames + num_virtual, num_frames), dtype=np.float32)
+    extend[np.arange(num_frames), np.arange(num_frames)] = 1.0
     for row, segment in enumerate(plan.virtual_segment):
-        start = plan.segment_start[segment]
-        membership[row, start : start + plan.segment_length[segment]] = 1
+        start, length = plan.segment_start[segment], plan.segment_length[segment]
+        extend[num_frames + row, start : start + length] = 1.0 / length
 
-    # Host index tables for every phase, uploaded together.
-    upload = _IndexUpload()
-    i_out_frame = upload.add(out_frame)
-    i_membership = upload.add(membership)
-    i_unit_positions = upload.add(plan.unit_positions)
-    i_unit_frame = upload.add(plan.unit_frame)
+    upload = _Upload()
+    h_extend = upload.add(extend)
+    # Token id of extended frame e, position l: e * L + l; its output (and ST-RoPE) row:
+    # out_frame[e] * L + l = id + out_shift[e].
+    h_out_shift = upload.add((out_frame - np.arange(len(out_frame))) * num_tokens)
+
+    # Phase 2 tables: units with k' > 0.
     salient_units = np.flatnonzero(plan.unit_salient > 0)
-    max_candidates = int(plan.unit_candidates[salient_units].max()) if len(salient_units) else 0
-    max_salient = int(plan.unit_salient[salient_units].max()) if len(salient_units) else 0
-    i_salient_units = upload.add(salient_units)
-    i_candidates = upload.add(plan.unit_candidates[salient_units])
-    i_salient = upload.add(plan.unit_salient[salient_units])
-    salient_valid = np.arange(max_salient)[None, :] < plan.unit_salient[salient_units][:, None]
-    i_salient_slots = upload.add(np.flatnonzero(salient_valid))
+    if len(salient_units):
+        picks = plan.unit_salient[salient_units]
+        candidates = plan.unit_candidates[salient_units]
+        h_salient = upload.add_tables(problem_arrays(candidates, picks, k))
+        h_salient_rows = upload.add(plan.unit_frame[salient_units, None] * num_tokens)
+        h_salient_rope = upload.add(out_frame[plan.unit_frame[salient_units], None] * num_tokens)
+        h_salient_excluded = upload.add(~plan.unit_positions[salient_units])
+        h_salient_slots = upload.add(np.flatnonzero(np.arange(picks.max())[None, :] < picks[:, None]))
+        h_salient_units = upload.add(salient_units)
 
+    # Phase 3 tables: pools laid end to end in unit order (the units of a pool are contiguous).
     pool_offset = np.concatenate(([0], np.cumsum(plan.pool_size)[:-1])).astype(np.int64)
     total_pool = int(plan.pool_size.sum())
-    kept_whole = np.flatnonzero((plan.pool_budget >= plan.pool_size) & (plan.pool_size > 0))
-    i_whole = upload.add(
-        np.concatenate([np.arange(pool_offset[j], pool_offset[j] + plan.pool_size[j]) for j in kept_whole])
-        if len(kept_whole)
+    h_unit_positions = upload.add(plan.unit_positions)
+    h_pool_shift = upload.add(((plan.unit_frame - np.arange(len(plan.unit_frame))) * num_tokens)[:, None])
+    whole = np.flatnonzero((plan.pool_budget >= plan.pool_size) & (plan.pool_size > 0))
+    h_whole = upload.add(
+        np.concatenate([np.arange(pool_offset[j], pool_offset[j] + plan.pool_size[j]) for j in whole])
+        if len(whole)
         else np.zeros(0, np.int64)
     )
     merged_pools = np.flatnonzero((plan.pool_budget > 0) & (plan.pool_budget < plan.pool_size))
-    buckets = []
-    for bucket in _size_buckets(plan.pool_size[merged_pools]):
-        pools = merged_pools[bucket]
-        width = int(plan.pool_size[pools].max())
-        anchors = int(plan.pool_budget[pools].max())
-        slots = pool_offset[pools][:, None] + np.arange(width)[None, :]
-        valid = np.arange(width)[None, :] < plan.pool_size[pools][:, None]
-        anchor_valid = np.arange(anchors)[None, :] < plan.pool_budget[pools][:, None]
-        buckets.append(
-            (
-                anchors,
-                upload.add(np.minimum(slots, max(total_pool - 1, 0))),
-                upload.add(valid),
-                upload.add(plan.pool_budget[pools]),
-                upload.add(np.flatnonzero(anchor_valid)),
-            )
-        )
-    tables = upload.upload(device)
-    out_frame_t = tables[i_out_frame]
+    groups = []
+    for group in _size_buckets(plan.pool_size[merged_pools]):
+        pools = merged_pools[group]
+        sizes, anchors = plan.pool_size[pools], plan.pool_budget[pools]
+        members = pool_offset[pools][:, None] + np.minimum(np.arange(sizes.max())[None, :], sizes[:, None] - 1)
+        slots = np.flatnonzero(np.arange(anchors.max())[None, :] < anchors[:, None])
+        groups.append((upload.add_tables(problem_arrays(sizes, anchors, k)), upload.add(members), upload.add(slots)))
+    uploaded = upload.upload(device)
+    out_shift = uploaded[h_out_shift]
 
-    # Virtual frames: segment means of features and saliency over the segment's frames (fp32).
-    flat_features = features.reshape(num_frames * num_tokens, dim).float()
-    if num_virtual:
-        weights = tables[i_membership].float()
-        counts = weights.sum(dim=1, keepdim=True)
-        mean_features = (weights @ flat_features.view(num_frames, num_tokens * dim)) / counts
-        ext_features = torch.cat((flat_features, mean_features.view(num_virtual * num_tokens, dim)))
-        ext_saliency = torch.cat((saliency, (weights @ saliency) / counts))
-    else:
-        ext_features, ext_saliency = flat_features, saliency
+    # Extended features and saliency in float32 (virtual frames: segment means).
+    extend_t = uploaded[h_extend]
+    ext_features = (extend_t @ features.reshape(num_frames, num_tokens * dim).float()).view(-1, dim)
+    ext_saliency = (extend_t @ saliency).view(-1, num_tokens)
     sections = resolve_rope_sections(dim, config.rope_sections)
-    rope = st_rope(features, grid, times, sections, config.base_time, config.base_space)
-    rope = rope.view(num_frames * num_tokens, dim)
+    rope = st_rope(features, grid, times, sections, config.base_time, config.base_space).view(-1, dim)
 
-    def rope_rows(ext_ids: torch.Tensor) -> torch.Tensor:
-        frame = out_frame_t[ext_ids // num_tokens]  # a virtual frame clusters as its segment's first
-        return frame * num_tokens + ext_ids % num_tokens
-
-    unit_positions = tables[i_unit_positions].bool()
-    unit_frame = tables[i_unit_frame]
     out_ids: List[torch.Tensor] = []
     out_features: List[torch.Tensor] = []
+    unit_positions = uploaded[h_unit_positions]
 
-    # Phase 2: salient selection of every unit with k' > 0.
-    selected = torch.zeros(len(plan.unit_frame), num_tokens + 1, dtype=torch.bool, device=device)
+    # Phase 2: salient selection of every unit with k' > 0, in one padded batch.
     if len(salient_units):
-        units = tables[i_salient_units]
-        unit_saliency = ext_saliency.view(-1, num_tokens)[unit_frame[units]]
-        unit_saliency = unit_saliency.masked_fill(~unit_positions[units], float("-inf"))
-        ranked = torch.sort(unit_saliency, dim=-1, descending=True, stable=True).indices[:, :max_candidates]
-        candidate_valid = torch.arange(max_candidates, device=device) < tables[i_candidates].unsqueeze(-1)
-        candidate_ids = unit_frame[units].unsqueeze(-1) * num_tokens + ranked
-        picks = select_diverse_salient(
-            rope[rope_rows(candidate_ids)], candidate_valid, tables[i_salient], max_salient, config.num_neighbors
+        tables = _tables(uploaded, h_salient)
+        width = tables.valid.shape[1]
+        unit_frames = uploaded[h_salient_rows].view(-1) // num_tokens
+        ranked_saliency = ext_saliency.index_select(0, unit_frames).masked_fill_(
+            uploaded[h_salient_excluded], float("-inf")
         )
-        picked_positions = ranked.gather(1, picks)
-        slot_valid = torch.arange(max_salient, device=device) < tables[i_salient].unsqueeze(-1)
-        selected[units] = selected[units].scatter(1, torch.where(slot_valid, picked_positions, num_tokens), True)
-        salient_ids = (unit_frame[units].unsqueeze(-1) * num_tokens + picked_positions).flatten()
-        salient_ids = salient_ids[tables[i_salient_slots]]
+        ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices[:, :width]
+        candidate_rope = rope.index_select(0, (ranked + uploaded[h_salient_rope]).view(-1))
+        picks = select_diverse_salient(candidate_rope.view(*ranked.shape, dim), tables, k)
+        positions = ranked.gather(1, picks)  # (U', A)
+        chosen = positions.masked_fill(tables.centre_invalid, num_tokens)
+        selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=device)
+        selected.index_copy_(
+            0,
+            uploaded[h_salient_units],
+            torch.zeros(chosen.shape[0], num_tokens + 1, dtype=torch.bool, device=device).scatter_(1, chosen, True),
+        )
+        in_pool = unit_positions & ~selected[:, :num_tokens]
+        salient_ids = (positions + uploaded[h_salient_rows]).view(-1).index_select(0, uploaded[h_salient_slots])
         out_ids.append(salient_ids)
-        out_features.append(ext_features[salient_ids])
+        out_features.append(ext_features.index_select(0, salient_ids))
+    else:
+        in_pool = unit_positions
 
-    # Phase 3: context pools, laid end to end in unit order (pools of a segment are contiguous).
+    # Phase 3: context pools: kept whole, or merged into anchors in a few padded batches.
     if total_pool:
-        in_pool = (unit_positions & ~selected[:, :num_tokens]).flatten()
-        pool_entries = torch.nonzero_static(in_pool, size=total_pool).squeeze(-1)
-        pool_ids = unit_frame[pool_entries // num_tokens] * num_tokens + pool_entries % num_tokens
-        whole = pool_ids[tables[i_whole]]
-        out_ids.append(whole)
-        out_features.append(ext_features[whole])
-        for anchors, i_slots, i_valid, i_budget, i_anchor_slots in buckets:
-            members = pool_ids[tables[i_slots]]  # (P, M)
+        entries = torch.nonzero_static(in_pool.view(-1), size=total_pool).view(-1)
+        pool_ids = entries + uploaded[h_pool_shift].view(-1).index_select(0, entries // num_tokens)
+        whole_ids = pool_ids.index_select(0, uploaded[h_whole])
+        out_ids.append(whole_ids)
+        out_features.append(ext_features.index_select(0, whole_ids))
+        for handles, h_members, h_slots in groups:
+            tables = _tables(uploaded, handles)
+            members = pool_ids[uploaded[h_members]]  # (P, M) extended token ids
+            flat_members = members.view(-1)
+            rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
             slots, merged = merge_into_anchors(
-                rope[rope_rows(members)],
-                ext_features[members],
-                tables[i_valid].bool(),
-                tables[i_budget],
-                anchors,
-                config.num_neighbors,
+                rope.index_select(0, rope_rows).view(*members.shape, dim),
+                ext_features.index_select(0, flat_members).view(*members.shape, dim),
+                tables,
+                k,
                 config.beta,
                 config.own_anchor_merge,
             )
-            out_ids.append(members.gather(1, slots).flatten()[tables[i_anchor_slots]])
-            out_features.append(merged.reshape(-1, dim)[tables[i_anchor_slots]])
+            valid_slots = uploaded[h_slots]
+            out_ids.append(members.gather(1, slots).view(-1).index_select(0, valid_slots))
+            out_features.append(merged.view(-1, dim).index_select(0, valid_slots))
 
     ext_ids = torch.cat(out_ids)
-    flat_index = out_frame_t[ext_ids // num_tokens] * num_tokens + ext_ids % num_tokens
-    keep_index, order = torch.sort(flat_index)
-    return keep_index, torch.cat(out_features)[order]
+    keep_index, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))
+    return keep_index, torch.cat(out_features).index_select(0, order)

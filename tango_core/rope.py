@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -66,10 +67,14 @@ def st_rope(
     return x * angles.cos() + x[..., partner] * sign * angles.sin()
 
 
+@lru_cache(maxsize=32)
 def _channel_tables(
     sections: Tuple[int, int, int], base_time: float, base_space: float, device: torch.device
 ) -> Tuple[torch.Tensor, ...]:
-    """Per-channel frequencies of the three groups (D,) each, and rotate-half as a gather + sign."""
+    """Per-channel frequencies of the three groups (D,) each, and rotate-half as a gather + sign.
+
+    Cached per (sections, bases, device): the tables are constants, never written to.
+    """
     tables = [torch.zeros(sum(sections)) for _ in range(3)]
     partner = torch.arange(sum(sections))
     sign = torch.ones(sum(sections))

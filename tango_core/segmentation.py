@@ -1,7 +1,9 @@
 """Temporal segmentation of a clip into runs of similar frames (spec section 4.1).
 
-The similarity statistics are computed on the device in a few batched kernels; the dynamic
-programme over frames then runs on the host on an (N, N) table (N is at most a few hundred).
+Similarities and their threshold comparisons are computed on the device (float32, as the
+reference compares); the (N-1, L) comparison masks then come to the host once, where run
+lengths, window values and the dynamic programme over frames (N is a few hundred at most) are
+cheap numpy work instead of many tiny device kernels.
 """
 
 from __future__ import annotations
@@ -27,43 +29,38 @@ def consecutive_frame_similarity(global_features: torch.Tensor) -> torch.Tensor:
     return (g[:-1] * g[1:]).sum(dim=-1)
 
 
-def run_lengths(above: torch.Tensor) -> torch.Tensor:
+def run_lengths(above: np.ndarray) -> np.ndarray:
     """For each pair n and position l, how many consecutive pairs n, n+1, ... are all True.
 
     above: (N-1, L) bool -> (N-1, L) int64. A static window of frames s..e (s < e) at position l
     is exactly ``run[s, l] >= e - s``.
     """
     num_pairs = above.shape[0]
-    if num_pairs == 0:
-        return torch.zeros_like(above, dtype=torch.int64)
-    steps = torch.arange(num_pairs, device=above.device).unsqueeze(-1).expand_as(above)
-    # Index of the first False at or after each pair (num_pairs if none), via a reversed cummin.
-    first_false = torch.where(above, torch.full_like(steps, num_pairs), steps)
-    first_false = first_false.flip(0).cummin(dim=0).values.flip(0)
-    return first_false - steps
+    steps = np.broadcast_to(np.arange(num_pairs)[:, None], above.shape)
+    # Index of the first False at or after each pair (num_pairs if none), via a reversed running min.
+    first_false = np.where(above, num_pairs, steps)
+    first_false = np.minimum.accumulate(first_false[::-1], axis=0)[::-1]
+    return (first_false - steps).astype(np.int64)
 
 
-def holitom_window_values(runs: torch.Tensor) -> torch.Tensor:
-    """``value[s, e] = (e - s) * m(s, e)`` for every window s <= e, 0 elsewhere (spec 4.1).
+def holitom_window_values(runs: np.ndarray) -> np.ndarray:
+    """``value[s, e] = (e - s) * m(s, e)`` for every window s < e, 0 elsewhere (spec 4.1).
 
     runs: (N-1, L) run lengths of ``sim > tau``. Returns (N, N) int64, ``m(s, e)`` being the number
     of positions whose run from pair s reaches pair e - 1.
     """
     num_frames = runs.shape[0] + 1
-    values = torch.zeros(num_frames, num_frames, dtype=torch.int64, device=runs.device)
+    values = np.zeros((num_frames, num_frames), dtype=np.int64)
     if num_frames == 1:
         return values
-    # histogram[s, j] = number of positions with run length exactly j (j = 0 .. N-1).
-    histogram = torch.zeros(num_frames - 1, num_frames, dtype=torch.int64, device=runs.device)
-    histogram.scatter_add_(1, runs, torch.ones_like(runs))
-    at_least = histogram.flip(1).cumsum(1).flip(1)  # at_least[s, j] = #positions with run >= j
-    span = torch.arange(num_frames, device=runs.device)
-    ends = span.view(1, -1)  # e
-    starts = span[:-1].view(-1, 1)  # s
-    length = ends - starts  # e - s
-    valid = (length >= 1) & (length <= min(HOLITOM_MAX_WINDOW - 1, num_frames - 1))
-    counts = torch.gather(at_least, 1, length.clamp(0, num_frames - 1))
-    values[:-1] = torch.where(valid, length * counts, torch.zeros_like(counts))
+    # histogram[s, j] = number of positions whose run from pair s has length exactly j.
+    histogram = np.zeros((num_frames - 1, num_frames), dtype=np.int64)
+    np.add.at(histogram, (np.repeat(np.arange(num_frames - 1), runs.shape[1]), runs.ravel()), 1)
+    at_least = np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]  # at_least[s, j]: runs >= j
+    length = np.arange(num_frames)[None, :] - np.arange(num_frames - 1)[:, None]  # e - s
+    valid = (length >= 1) & (length <= HOLITOM_MAX_WINDOW - 1)
+    counts = np.take_along_axis(at_least, np.clip(length, 0, num_frames - 1), axis=1)
+    values[:-1] = np.where(valid, length * counts, 0)
     return values
 
 

@@ -4,11 +4,11 @@ import math
 
 import torch
 
-from tango_core.dpc import dpc_knn_centres, merge_into_anchors, pairwise_distances, select_diverse_salient
+from tango_core.dpc import dpc_knn_centres, merge_into_anchors, pairwise_distances, problem_tables, select_diverse_salient
 
 
-def _single(points):
-    return points.unsqueeze(0), torch.ones(1, points.shape[0], dtype=torch.bool)
+def _single(points, centres, k=7):
+    return points.unsqueeze(0), problem_tables([points.shape[0]], [centres], k)
 
 
 def _reference_scores(points, k):
@@ -30,8 +30,8 @@ def _reference_scores(points, k):
 
 def test_two_blobs_give_one_centre_each():
     points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0], [5.0, 5.2]])
-    batch, valid = _single(points)
-    centres = dpc_knn_centres(pairwise_distances(batch), valid, num_neighbors=2, num_centres=2)[0]
+    batch, tables = _single(points, 2, k=2)
+    centres = dpc_knn_centres(pairwise_distances(batch), tables, num_neighbors=2)[0]
     assert {int(c) < 3 for c in centres} == {True, False}
 
 
@@ -40,8 +40,8 @@ def test_scores_order_matches_direct_formula():
     points = torch.randn(9, 3, generator=gen)
     score = _reference_scores(points, 3)
     expected = sorted(range(9), key=lambda i: (-score[i], i))
-    batch, valid = _single(points)
-    got = dpc_knn_centres(pairwise_distances(batch), valid, num_neighbors=3, num_centres=9)[0]
+    batch, tables = _single(points, 9, k=3)
+    got = dpc_knn_centres(pairwise_distances(batch), tables, num_neighbors=3)[0]
     assert got.tolist() == expected
 
 
@@ -52,25 +52,22 @@ def test_padding_does_not_change_a_problem():
     padded = torch.zeros(2, 8, 4)
     padded[0, :5] = small
     padded[1] = big
-    valid = torch.zeros(2, 8, dtype=torch.bool)
-    valid[0, :5] = True
-    valid[1] = True
-    both = dpc_knn_centres(pairwise_distances(padded), valid, 7, 3)
-    alone, alone_valid = _single(small)
-    assert both[0].tolist() == dpc_knn_centres(pairwise_distances(alone), alone_valid, 7, 3)[0].tolist()
+    both = dpc_knn_centres(pairwise_distances(padded), problem_tables([5, 8], [3, 3], 7), 7)
+    alone, tables = _single(small, 3)
+    assert both[0].tolist() == dpc_knn_centres(pairwise_distances(alone), tables, 7)[0].tolist()
 
 
 def test_salient_keeps_best_member_of_each_cluster():
     # Candidates in descending saliency: two near-duplicates, then a far point.
     points = torch.tensor([[0.0, 0.0], [0.05, 0.0], [3.0, 3.0], [3.1, 3.0]])
-    batch, valid = _single(points)
-    picks = select_diverse_salient(batch, valid, torch.tensor([2]), 2, num_neighbors=7)[0]
+    batch, tables = _single(points, 2)
+    picks = select_diverse_salient(batch, tables, num_neighbors=7)[0]
     assert sorted(picks.tolist()) == [0, 2]
 
 
 def test_salient_keeps_all_when_targets_cover_candidates():
-    batch, valid = _single(torch.randn(3, 2))
-    picks = select_diverse_salient(batch, valid, torch.tensor([3]), 3, num_neighbors=7)[0]
+    batch, tables = _single(torch.randn(3, 2), 3)
+    picks = select_diverse_salient(batch, tables, num_neighbors=7)[0]
     assert picks.tolist() == [0, 1, 2]
 
 
@@ -80,9 +77,9 @@ def test_anchor_merge_weights_and_pairing():
     blob_b = torch.randn(3, 2, generator=gen) * 0.1 + 10.0
     points = torch.cat([blob_a, blob_b]).unsqueeze(0)
     features = torch.randn(1, 7, 3, generator=gen)
-    valid = torch.ones(1, 7, dtype=torch.bool)
+    tables = problem_tables([7], [2], 3)
     beta = 0.6
-    by_score = dpc_knn_centres(pairwise_distances(points), valid, 3, 2)[0].tolist()
+    by_score = dpc_knn_centres(pairwise_distances(points), tables, 3)[0].tolist()
     anchors = sorted(by_score)
     # Direct computation: nearest anchor (lower index on ties), mean of members, weight max(1/n, beta).
     expected = []
@@ -96,10 +93,10 @@ def test_anchor_merge_weights_and_pairing():
         expected.append(weight * features[0, anchor] + (1 - weight) * mean)
     expected = torch.stack(expected)
 
-    slots, merged = merge_into_anchors(points, features, valid, torch.tensor([2]), 2, 3, beta, own_anchor_merge=True)
+    slots, merged = merge_into_anchors(points, features, tables, 3, beta, own_anchor_merge=True)
     assert slots[0].tolist() == anchors
     torch.testing.assert_close(merged[0], expected)
     # Reference pairing: the i-th merged feature (pool order) lands on the i-th anchor by score.
-    slots, merged = merge_into_anchors(points, features, valid, torch.tensor([2]), 2, 3, beta, own_anchor_merge=False)
+    slots, merged = merge_into_anchors(points, features, tables, 3, beta, own_anchor_merge=False)
     assert slots[0].tolist() == by_score
     torch.testing.assert_close(merged[0], expected)
