@@ -44,7 +44,13 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=args.rows))
+    averages = prof.key_averages()
+    print("stages (CPU time includes waiting at synchronisations):")
+    for event in averages:
+        if event.key.startswith("tango."):
+            device_ms = getattr(event, "device_time_total", getattr(event, "cuda_time_total", 0.0)) / 1e3
+            print(f"  {event.key:16} cpu {event.cpu_time_total / 1e3:7.3f} ms   device {device_ms:7.3f} ms")
+    print(averages.table(sort_by=sort, row_limit=args.rows))
 
 
 if __name__ == "__main__":

@@ -15,11 +15,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .budget import BudgetPlan, build_plan
 from .config import TangoConfig, resolve_rope_sections
 from .dpc import ProblemTables, merge_into_anchors, problem_arrays, select_diverse_salient
-from .rope import st_rope
+from .rope import rotate_unit_features
 from .segmentation import (
     consecutive_frame_similarity,
     consecutive_token_similarity,
@@ -112,6 +114,7 @@ def _raise_on_bad_values(flags: np.ndarray) -> None:
 
 def _segment_and_check(
     features: torch.Tensor,
+    unit: torch.Tensor,
     saliency: torch.Tensor,
     timestamps: torch.Tensor,
     global_features: Optional[torch.Tensor],
@@ -127,7 +130,7 @@ def _segment_and_check(
         torch.isfinite(timestamps).all().view(1),
     ]
     if num_frames > 1:
-        token_similarity = consecutive_token_similarity(features)
+        token_similarity = consecutive_token_similarity(unit)
         packed.append((token_similarity > config.static_threshold).flatten())
         if config.segmenter == "holitom":
             packed.append((token_similarity > threshold).flatten())
@@ -248,7 +251,10 @@ def tango_prune(
         sinks = torch.tensor(config.sink_positions, device=device, dtype=torch.int64)
         saliency = saliency.index_fill(1, sinks, 0.0)
 
-    segment_lengths, static_runs = _segment_and_check(features, saliency, times, global_features, config)
+    with record_function("tango.segment"):
+        features32 = features.float()
+        unit = F.normalize(features32, dim=-1)
+        segment_lengths, static_runs = _segment_and_check(features, unit, saliency, times, global_features, config)
     if config.retention_ratio >= 1.0:
         return TangoResult(
             keep_index=torch.arange(num_frames * num_tokens, device=device),
@@ -256,21 +262,26 @@ def tango_prune(
             segments=segment_lengths,
         )
 
-    static = _static_positions(static_runs, segment_lengths, num_tokens)
-    plan = build_plan(static, segment_lengths, config)
-    keep_index, kept = _execute(plan, features, saliency, times, grid, config)
+    with record_function("tango.plan"):
+        static = _static_positions(static_runs, segment_lengths, num_tokens)
+        plan = build_plan(static, segment_lengths, config)
+    keep_index, kept = _execute(plan, features32, unit, saliency, times, grid, config)
     return TangoResult(keep_index=keep_index, kept_features=kept.to(features.dtype), segments=segment_lengths)
 
 
 def _execute(
     plan: BudgetPlan,
     features: torch.Tensor,
+    unit: torch.Tensor,
     saliency: torch.Tensor,
     times: torch.Tensor,
     grid: Tuple[int, int],
     config: TangoConfig,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run the device phases of a plan. Returns sorted flat indices (K,) and float32 features (K, D)."""
+    """Run the device phases of a plan. Returns sorted flat indices (K,) and float32 features (K, D).
+
+    features: (N, L, D) float32; unit: the same, l2-normalised.
+    """
     num_frames, num_tokens, dim = features.shape
     device = features.device
     num_virtual = len(plan.virtual_segment)
@@ -279,14 +290,13 @@ def _execute(
     # Extended frames: the N real frames, then one virtual (static pseudo-) frame per segment with
     # static positions. Its tokens land on, and cluster with the ST-RoPE of, the segment's first frame.
     out_frame = np.concatenate((np.arange(num_frames), plan.segment_start[plan.virtual_segment]))
-    extend = np.zeros((num_frames + num_virtual, num_frames), dtype=np.float32)
-    extend[np.arange(num_frames), np.arange(num_frames)] = 1.0
+    averaging = np.zeros((num_virtual, num_frames), dtype=np.float32)
     for row, segment in enumerate(plan.virtual_segment):
         start, length = plan.segment_start[segment], plan.segment_length[segment]
-        extend[num_frames + row, start : start + length] = 1.0 / length
+        averaging[row, start : start + length] = 1.0 / length
 
     upload = _Upload()
-    h_extend = upload.add(extend)
+    h_averaging = upload.add(averaging)
     # Token id of extended frame e, position l: e * L + l; its output (and ST-RoPE) row:
     # out_frame[e] * L + l = id + out_shift[e].
     h_out_shift = upload.add((out_frame - np.arange(len(out_frame))) * num_tokens)
@@ -325,66 +335,80 @@ def _execute(
     uploaded = upload.upload(device)
     out_shift = uploaded[h_out_shift]
 
-    # Extended features and saliency in float32 (virtual frames: segment means).
-    extend_t = uploaded[h_extend]
-    ext_features = (extend_t @ features.reshape(num_frames, num_tokens * dim).float()).view(-1, dim)
-    ext_saliency = (extend_t @ saliency).view(-1, num_tokens)
+    # Virtual frames: segment means of features and saliency (float32).
+    real_tokens = num_frames * num_tokens
+    flat_features = features.view(real_tokens, dim)
+    averaging_t = uploaded[h_averaging]
+    ext_saliency = torch.cat((saliency, averaging_t @ saliency))
+    mean_features = (averaging_t @ features.view(num_frames, num_tokens * dim)).view(-1, dim)
+
+    def ext_rows(ids: torch.Tensor) -> torch.Tensor:
+        """Float32 features (R, D) of extended token ids (R,)."""
+        if not num_virtual:
+            return flat_features.index_select(0, ids)
+        real = flat_features.index_select(0, ids.clamp(max=real_tokens - 1))
+        virtual = mean_features.index_select(0, (ids - real_tokens).clamp_(min=0))
+        return torch.where((ids < real_tokens).unsqueeze(-1), real, virtual)
+
     sections = resolve_rope_sections(dim, config.rope_sections)
-    rope = st_rope(features, grid, times, sections, config.base_time, config.base_space).view(-1, dim)
+    with record_function("tango.st_rope"):
+        rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space).view(-1, dim)
 
     out_ids: List[torch.Tensor] = []
     out_features: List[torch.Tensor] = []
     unit_positions = uploaded[h_unit_positions]
 
-    # Phase 2: salient selection of every unit with k' > 0, in one padded batch.
-    if len(salient_units):
-        tables = _tables(uploaded, h_salient)
-        width = tables.valid.shape[1]
-        unit_frames = uploaded[h_salient_rows].view(-1) // num_tokens
-        ranked_saliency = ext_saliency.index_select(0, unit_frames).masked_fill_(
-            uploaded[h_salient_excluded], float("-inf")
-        )
-        ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices[:, :width]
-        candidate_rope = rope.index_select(0, (ranked + uploaded[h_salient_rope]).view(-1))
-        picks = select_diverse_salient(candidate_rope.view(*ranked.shape, dim), tables, k)
-        positions = ranked.gather(1, picks)  # (U', A)
-        chosen = positions.masked_fill(tables.centre_invalid, num_tokens)
-        selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=device)
-        selected.index_copy_(
-            0,
-            uploaded[h_salient_units],
-            torch.zeros(chosen.shape[0], num_tokens + 1, dtype=torch.bool, device=device).scatter_(1, chosen, True),
-        )
-        in_pool = unit_positions & ~selected[:, :num_tokens]
-        salient_ids = (positions + uploaded[h_salient_rows]).view(-1).index_select(0, uploaded[h_salient_slots])
-        out_ids.append(salient_ids)
-        out_features.append(ext_features.index_select(0, salient_ids))
-    else:
-        in_pool = unit_positions
-
-    # Phase 3: context pools: kept whole, or merged into anchors in a few padded batches.
-    if total_pool:
-        entries = torch.nonzero_static(in_pool.view(-1), size=total_pool).view(-1)
-        pool_ids = entries + uploaded[h_pool_shift].view(-1).index_select(0, entries // num_tokens)
-        whole_ids = pool_ids.index_select(0, uploaded[h_whole])
-        out_ids.append(whole_ids)
-        out_features.append(ext_features.index_select(0, whole_ids))
-        for handles, h_members, h_slots in groups:
-            tables = _tables(uploaded, handles)
-            members = pool_ids[uploaded[h_members]]  # (P, M) extended token ids
-            flat_members = members.view(-1)
-            rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
-            slots, merged = merge_into_anchors(
-                rope.index_select(0, rope_rows).view(*members.shape, dim),
-                ext_features.index_select(0, flat_members).view(*members.shape, dim),
-                tables,
-                k,
-                config.beta,
-                config.own_anchor_merge,
+    with record_function("tango.salient"):
+        # Phase 2: salient selection of every unit with k' > 0, in one padded batch.
+        if len(salient_units):
+            tables = _tables(uploaded, h_salient)
+            width = tables.valid.shape[1]
+            unit_frames = uploaded[h_salient_rows].view(-1) // num_tokens
+            ranked_saliency = ext_saliency.index_select(0, unit_frames).masked_fill_(
+                uploaded[h_salient_excluded], float("-inf")
             )
-            valid_slots = uploaded[h_slots]
-            out_ids.append(members.gather(1, slots).view(-1).index_select(0, valid_slots))
-            out_features.append(merged.view(-1, dim).index_select(0, valid_slots))
+            ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices[:, :width]
+            candidate_rope = rope.index_select(0, (ranked + uploaded[h_salient_rope]).view(-1))
+            picks = select_diverse_salient(candidate_rope.view(*ranked.shape, dim), tables, k)
+            positions = ranked.gather(1, picks)  # (U', A)
+            chosen = positions.masked_fill(tables.centre_invalid, num_tokens)
+            selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=device)
+            selected.index_copy_(
+                0,
+                uploaded[h_salient_units],
+                torch.zeros(chosen.shape[0], num_tokens + 1, dtype=torch.bool, device=device).scatter_(1, chosen, True),
+            )
+            in_pool = unit_positions & ~selected[:, :num_tokens]
+            salient_ids = (positions + uploaded[h_salient_rows]).view(-1).index_select(0, uploaded[h_salient_slots])
+            out_ids.append(salient_ids)
+            out_features.append(ext_rows(salient_ids))
+        else:
+            in_pool = unit_positions
+
+    with record_function("tango.merge"):
+        # Phase 3: context pools: kept whole, or merged into anchors in a few padded batches.
+        if total_pool:
+            entries = torch.nonzero_static(in_pool.view(-1), size=total_pool).view(-1)
+            pool_ids = entries + uploaded[h_pool_shift].view(-1).index_select(0, entries // num_tokens)
+            whole_ids = pool_ids.index_select(0, uploaded[h_whole])
+            out_ids.append(whole_ids)
+            out_features.append(ext_rows(whole_ids))
+            for handles, h_members, h_slots in groups:
+                tables = _tables(uploaded, handles)
+                members = pool_ids[uploaded[h_members]]  # (P, M) extended token ids
+                flat_members = members.view(-1)
+                rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
+                slots, merged = merge_into_anchors(
+                    rope.index_select(0, rope_rows).view(*members.shape, dim),
+                    ext_rows(flat_members).view(*members.shape, dim),
+                    tables,
+                    k,
+                    config.beta,
+                    config.own_anchor_merge,
+                )
+                valid_slots = uploaded[h_slots]
+                out_ids.append(members.gather(1, slots).view(-1).index_select(0, valid_slots))
+                out_features.append(merged.view(-1, dim).index_select(0, valid_slots))
 
     ext_ids = torch.cat(out_ids)
     keep_index, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))

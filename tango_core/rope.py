@@ -11,22 +11,6 @@ import torch.nn.functional as F
 from .config import resolve_rope_sections
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def _rotary(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotate-half RoPE of one channel group. x: (..., d); positions broadcastable to x[..., 0]."""
-    dim = x.shape[-1]
-    if dim == 0:
-        return x
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, device=x.device, dtype=torch.int64).float() / dim))
-    angles = positions.float().unsqueeze(-1) * inv_freq  # (..., d/2)
-    angles = torch.cat((angles, angles), dim=-1)
-    return x * angles.cos() + _rotate_half(x) * angles.sin()
-
-
 def grid_positions(grid: Tuple[int, int], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row and column of each of the H*W tokens of a row-major grid: two (L,) float tensors."""
     height, width = grid
@@ -49,44 +33,73 @@ def st_rope(
     (time, height, width; default ``(D - 2s, s, s)``, ``s = 2 * (D // 6)``) are rotated by the
     frame's timestamp, the token's row and the token's column respectively.
     """
-    num_frames, num_tokens, dim = features.shape
-    sections = resolve_rope_sections(dim, sections)
-    device = features.device
+    sections = resolve_rope_sections(features.shape[-1], sections)
+    return rotate_unit_features(F.normalize(features.float(), dim=-1), grid, timestamps, sections, base_time, base_space)
+
+
+def rotate_unit_features(
+    unit: torch.Tensor,
+    grid: Tuple[int, int],
+    timestamps: Optional[torch.Tensor],
+    sections: Tuple[int, int, int],
+    base_time: float,
+    base_space: float,
+) -> torch.Tensor:
+    """:func:`st_rope` of already l2-normalised float32 features (N, L, D)."""
+    num_frames, num_tokens, dim = unit.shape
+    device = unit.device
     if timestamps is None:
         timestamps = torch.arange(num_frames, device=device, dtype=torch.float32)
-    x = F.normalize(features.float(), dim=-1)
-    rows, cols = grid_positions(grid, device)
-    # One angle table for all channels: each group's frequencies are zero outside the group, so
-    # t * f_t + row * f_h + col * f_w equals each group's own angle exactly.
-    freq_time, freq_row, freq_col, partner, sign = _channel_tables(sections, base_time, base_space, device)
-    angles = (
-        timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1, 1) * freq_time
-        + rows.view(1, num_tokens, 1) * freq_row
-        + cols.view(1, num_tokens, 1) * freq_col
-    )
-    return x * angles.cos() + x[..., partner] * sign * angles.sin()
+    freq_time, partner, sign = _time_tables(sections, base_time, device)
+    cos_space, signed_sin_space = _space_tables(tuple(grid), sections, base_space, device)
+    # Every channel belongs to one group, whose angle is t * f_t, row * f_h or col * f_w; the other
+    # groups' factors are exactly cos 0 = 1 and sin 0 = 0, so these products and sums are exact.
+    time_angles = timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1) * freq_time
+    cos = time_angles.cos().unsqueeze(1) * cos_space
+    signed_sin = (time_angles.sin() * sign).unsqueeze(1) + signed_sin_space
+    return torch.addcmul(unit * cos, unit.index_select(-1, partner), signed_sin)
+
+
+def _group_frequencies(sections: Tuple[int, int, int], base: float, group: int) -> torch.Tensor:
+    """(D,) rotary frequencies of channel group ``group`` (zero on the other groups' channels)."""
+    table = torch.zeros(sum(sections))
+    start = sum(sections[:group])
+    size = sections[group]
+    if size:
+        inv_freq = 1.0 / (base ** (torch.arange(0, size, 2, dtype=torch.int64).float() / size))
+        table[start : start + size] = torch.cat((inv_freq, inv_freq))
+    return table
 
 
 @lru_cache(maxsize=32)
-def _channel_tables(
-    sections: Tuple[int, int, int], base_time: float, base_space: float, device: torch.device
-) -> Tuple[torch.Tensor, ...]:
-    """Per-channel frequencies of the three groups (D,) each, and rotate-half as a gather + sign.
+def _time_tables(
+    sections: Tuple[int, int, int], base_time: float, device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Time frequencies (D,), and rotate-half as a channel gather (D,) with a sign (D,).
 
-    Cached per (sections, bases, device): the tables are constants, never written to.
+    Cached per (sections, base, device): the tables are constants, never written to.
     """
-    tables = [torch.zeros(sum(sections)) for _ in range(3)]
     partner = torch.arange(sum(sections))
     sign = torch.ones(sum(sections))
     start = 0
-    for group, (size, base) in enumerate(zip(sections, (base_time, base_space, base_space))):
-        if size:
-            half = size // 2
-            inv_freq = 1.0 / (base ** (torch.arange(0, size, 2, dtype=torch.int64).float() / size))
-            tables[group][start : start + size] = torch.cat((inv_freq, inv_freq))
-            channels = torch.arange(start, start + size)
-            partner[start : start + size] = torch.cat((channels[half:], channels[:half]))
-            sign[start : start + half] = -1.0
+    for size in sections:
+        half = size // 2
+        channels = torch.arange(start, start + size)
+        partner[start : start + size] = torch.cat((channels[half:], channels[:half]))
+        sign[start : start + half] = -1.0
         start += size
-    moved = torch.cat((torch.stack(tables), sign.view(1, -1))).to(device)
-    return moved[0], moved[1], moved[2], partner.to(device), moved[3]
+    return _group_frequencies(sections, base_time, 0).to(device), partner.to(device), sign.to(device)
+
+
+@lru_cache(maxsize=32)
+def _space_tables(
+    grid: Tuple[int, int], sections: Tuple[int, int, int], base_space: float, device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (L, D) of the row and column rotations of every grid position (cached)."""
+    rows, cols = grid_positions(grid, torch.device("cpu"))
+    row_angles = rows.view(-1, 1) * _group_frequencies(sections, base_space, 1)
+    col_angles = cols.view(-1, 1) * _group_frequencies(sections, base_space, 2)
+    _, _, sign = _time_tables(sections, 1.0, torch.device("cpu"))
+    cos = row_angles.cos() * col_angles.cos()
+    signed_sin = (row_angles.sin() + col_angles.sin()) * sign
+    return cos.to(device), signed_sin.to(device)
