@@ -50,14 +50,21 @@ def rotate_unit_features(
     device = unit.device
     if timestamps is None:
         timestamps = torch.arange(num_frames, device=device, dtype=torch.float32)
-    freq_time, partner, sign = _time_tables(sections, base_time, device)
+    freq_time, sign = _time_tables(sections, base_time, device)
     cos_space, signed_sin_space = _space_tables(tuple(grid), sections, base_space, device)
     # Every channel belongs to one group, whose angle is t * f_t, row * f_h or col * f_w; the other
     # groups' factors are exactly cos 0 = 1 and sin 0 = 0, so these products and sums are exact.
     time_angles = timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1) * freq_time
     cos = time_angles.cos().unsqueeze(1) * cos_space
     signed_sin = (time_angles.sin() * sign).unsqueeze(1) + signed_sin_space
-    return torch.addcmul(unit * cos, unit.index_select(-1, partner), signed_sin)
+    # rotate_half of each group: its two halves swapped (the sign is folded into signed_sin).
+    pieces = []
+    start = 0
+    for size in sections:
+        half = size // 2
+        pieces += [unit[..., start + half : start + size], unit[..., start : start + half]]
+        start += size
+    return torch.addcmul(unit * cos, torch.cat(pieces, dim=-1), signed_sin)
 
 
 def _group_frequencies(sections: Tuple[int, int, int], base: float, group: int) -> torch.Tensor:
@@ -74,21 +81,17 @@ def _group_frequencies(sections: Tuple[int, int, int], base: float, group: int) 
 @lru_cache(maxsize=32)
 def _time_tables(
     sections: Tuple[int, int, int], base_time: float, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Time frequencies (D,), and rotate-half as a channel gather (D,) with a sign (D,).
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Time frequencies (D,) and the rotate-half sign (D,): -1 on each group's first half.
 
     Cached per (sections, base, device): the tables are constants, never written to.
     """
-    partner = torch.arange(sum(sections))
     sign = torch.ones(sum(sections))
     start = 0
     for size in sections:
-        half = size // 2
-        channels = torch.arange(start, start + size)
-        partner[start : start + size] = torch.cat((channels[half:], channels[:half]))
-        sign[start : start + half] = -1.0
+        sign[start : start + size // 2] = -1.0
         start += size
-    return _group_frequencies(sections, base_time, 0).to(device), partner.to(device), sign.to(device)
+    return _group_frequencies(sections, base_time, 0).to(device), sign.to(device)
 
 
 @lru_cache(maxsize=32)
@@ -99,7 +102,7 @@ def _space_tables(
     rows, cols = grid_positions(grid, torch.device("cpu"))
     row_angles = rows.view(-1, 1) * _group_frequencies(sections, base_space, 1)
     col_angles = cols.view(-1, 1) * _group_frequencies(sections, base_space, 2)
-    _, _, sign = _time_tables(sections, 1.0, torch.device("cpu"))
+    _, sign = _time_tables(sections, 1.0, torch.device("cpu"))
     cos = row_angles.cos() * col_angles.cos()
     signed_sin = (row_angles.sin() + col_angles.sin()) * sign
     return cos.to(device), signed_sin.to(device)
