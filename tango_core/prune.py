@@ -252,7 +252,7 @@ def tango_prune(
         saliency = saliency.index_fill(1, sinks, 0.0)
 
     with record_function("tango.segment"):
-        features32 = features.float()
+        features32 = features.float().contiguous()
         unit = F.normalize(features32, dim=-1)
         segment_lengths, static_runs = _segment_and_check(features, unit, saliency, times, global_features, config)
     if config.retention_ratio >= 1.0:

@@ -150,3 +150,13 @@ def test_cuda_matches_cpu():
     cpu = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.1))
     gpu = tango_prune(clip.features.cuda(), clip.saliency.cuda(), clip.grid, clip.timestamps.cuda(), TangoConfig(0.1))
     assert torch.equal(cpu.keep_index, gpu.keep_index.cpu())
+
+
+def test_non_contiguous_inputs_match_contiguous():
+    clip = structured_clip(6, (6, 6), 16, "mixed", num_scenes=2, seed=9)
+    strided = clip.features.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    assert not strided.is_contiguous()
+    expected = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.2))
+    got = tango_prune(strided, clip.saliency.t().contiguous().t(), clip.grid, clip.timestamps, TangoConfig(0.2))
+    assert torch.equal(got.keep_index, expected.keep_index)
+    assert torch.equal(got.kept_features, expected.kept_features)
