@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--regimes", default="static,mixed,dynamic")
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--dim", type=int, default=None, help="override the feature dimension (e.g. 64 to see launch overhead)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -73,6 +74,7 @@ def main() -> None:
     rows = []
     for shape in args.shapes.split(","):
         frames, grid, dim, ratio, threshold = SHAPES[shape]
+        dim = args.dim or dim
         for regime in args.regimes.split(","):
             clip = structured_clip(frames, grid, dim, regime, num_scenes=3, seed=0, dtype=dtype, device=device)
             config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
@@ -102,7 +104,7 @@ def main() -> None:
             print(f"done {shape} {regime}", file=sys.stderr, flush=True)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"\ntango_prune, {args.dtype}, {device_name}, torch {torch.__version__}, median of {args.runs} runs\n")
+    print(f"\ntango_prune, D={args.dim or 3584}, {args.dtype}, {device_name}, torch {torch.__version__}, median of {args.runs} runs\n")
     header = f"{'shape':16} {'regime':8} {'segs':>4} {'kept':>6} {'kept %':>7} {'tango ms':>9} {'p90 ms':>8} {'top-k ms':>9}"
     print(header)
     print("-" * len(header))

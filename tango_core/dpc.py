@@ -60,8 +60,28 @@ def problem_tables(
 
 
 def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances in float32. points: (P, M, D) -> (P, M, M)."""
-    return torch.cdist(points, points)
+    """Euclidean distances, float32 accuracy. points: (P, M, D) float32 -> (P, M, M).
+
+    On CUDA the Gram matrix runs on tensor cores as two fp16 products with float32 accumulation
+    of a hi/lo split of the points (``x = hi + lo``, 22 significant bits; ``lo @ lo.T`` is below
+    float32 rounding and dropped), several times faster than a float32 GEMM at D = 3584. Points
+    are scaled by 2**10 first so that ``lo`` stays in fp16's normal range, which needs
+    coordinates below 64 in magnitude: ST-RoPE features have unit norm. Elsewhere: torch.cdist.
+    """
+    if not points.is_cuda:
+        return torch.cdist(points, points)
+    squared_norms = torch.linalg.vecdot(points, points)  # (P, M)
+    scaled = points * _SPLIT_SCALE
+    high = scaled.half()
+    low = (scaled - high.float()).half()
+    gram = torch.bmm(high, high.transpose(1, 2), out_dtype=torch.float32)
+    cross = torch.bmm(high, low.transpose(1, 2), out_dtype=torch.float32)
+    gram = (gram + cross + cross.transpose(1, 2)) * (1.0 / (_SPLIT_SCALE * _SPLIT_SCALE))
+    squared = (squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(1)).sub_(gram, alpha=2.0)
+    return squared.clamp_(min=0.0).sqrt_()
+
+
+_SPLIT_SCALE = 1024.0
 
 
 def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch.profiler import record_function
 from .budget import BudgetPlan, build_plan
 from .config import TangoConfig, resolve_rope_sections
 from .dpc import ProblemTables, merge_into_anchors, problem_arrays, select_diverse_salient
-from .rope import rotate_unit_features
+from .rope import RowRotator
 from .segmentation import (
     consecutive_frame_similarity,
     consecutive_token_similarity,
@@ -356,8 +356,7 @@ def _execute(
         return torch.where((ids < real_tokens).unsqueeze(-1), real, virtual)
 
     sections = resolve_rope_sections(dim, config.rope_sections)
-    with record_function("tango.st_rope"):
-        rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space).view(-1, dim)
+    rope = RowRotator(unit, grid, times, sections, config.base_time, config.base_space)
 
     out_ids: List[torch.Tensor] = []
     out_features: List[torch.Tensor] = []
@@ -373,7 +372,7 @@ def _execute(
             ranked_saliency.masked_fill_(uploaded[h_excluded], float("-inf"))
             ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
             ranked = ranked[:, : tables.valid.shape[1]]
-            candidate_rope = rope.index_select(0, (ranked + uploaded[h_rope]).view(-1)).view(*ranked.shape, dim)
+            candidate_rope = rope((ranked + uploaded[h_rope]).view(-1)).view(*ranked.shape, dim)
             positions = ranked.gather(1, select_diverse_salient(candidate_rope, tables, k))  # (U', A)
             chosen = positions.masked_fill(tables.centre_invalid, num_tokens)
             selected.index_copy_(0, uploaded[h_units], selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True))
@@ -396,7 +395,7 @@ def _execute(
                 flat_members = members.view(-1)
                 rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
                 slots, merged = merge_into_anchors(
-                    rope.index_select(0, rope_rows).view(*members.shape, dim),
+                    rope(rope_rows).view(*members.shape, dim),
                     ext_rows(flat_members).view(*members.shape, dim),
                     tables,
                     k,

@@ -19,7 +19,7 @@ HOLITOM_MAX_WINDOW = 1024
 
 def consecutive_token_similarity(unit: torch.Tensor) -> torch.Tensor:
     """cos(F[n, l], F[n+1, l]) from l2-normalised float32 features: (N, L, D) -> (N-1, L)."""
-    return (unit[:-1] * unit[1:]).sum(dim=-1)
+    return torch.linalg.vecdot(unit[:-1], unit[1:])
 
 
 def consecutive_frame_similarity(global_features: torch.Tensor) -> torch.Tensor:
