@@ -21,7 +21,7 @@ from torch.profiler import record_function
 from .budget import BudgetPlan, build_plan
 from .config import TangoConfig, resolve_rope_sections
 from .dpc import ProblemTables, merge_into_anchors, problem_arrays, select_diverse_salient
-from .rope import RowRotator
+from .rope import rotate_unit_features
 from .segmentation import (
     consecutive_frame_similarity,
     consecutive_token_similarity,
@@ -100,8 +100,11 @@ def _validate(
     return height, width
 
 
-def _raise_on_bad_values(flags: np.ndarray) -> None:
-    features_finite, saliency_finite, saliency_nonnegative, times_finite = (bool(f) for f in flags)
+def _raise_on_bad_values(summary: np.ndarray) -> None:
+    """summary: sums of the unit features, saliency and timestamps, and the smallest saliency."""
+    unit_sum, saliency_sum, saliency_min, times_sum = summary
+    features_finite, saliency_finite, times_finite = np.isfinite([unit_sum, saliency_sum, times_sum])
+    saliency_nonnegative = saliency_min >= 0
     if not features_finite:
         raise ValueError("features contain NaN or infinite values; check the vision encoder's output and its dtype.")
     if not saliency_finite:
@@ -123,12 +126,8 @@ def _segment_and_check(
     """Segment lengths and (N-1, L) static run lengths, after one device-to-host transfer."""
     num_frames, num_tokens, _ = features.shape
     threshold = config.resolved_similarity_threshold()
-    packed = [
-        torch.isfinite(features).all().view(1),
-        torch.isfinite(saliency).all().view(1),
-        (saliency >= 0).all().view(1),
-        torch.isfinite(timestamps).all().view(1),
-    ]
+    # NaN and inf propagate into these sums (unit vectors cannot overflow them): one reduction each.
+    packed = [torch.stack((unit.sum(), saliency.sum(), saliency.amin(), timestamps.sum()))]
     if num_frames > 1:
         token_similarity = consecutive_token_similarity(unit)
         packed.append((token_similarity > config.static_threshold).flatten())
@@ -138,7 +137,7 @@ def _segment_and_check(
             summary = global_features if global_features is not None else features.float().mean(dim=1)
             frame_similarity = consecutive_frame_similarity(summary)
             packed += [frame_similarity, frame_similarity < threshold]
-    host = torch.cat([part.float() for part in packed]).cpu().numpy()
+    host = torch.cat(packed).cpu().numpy()  # bool parts are promoted to float32
     _raise_on_bad_values(host[:4])
     if num_frames == 1:
         return [1], np.zeros((0, num_tokens), dtype=np.int64)
@@ -195,7 +194,7 @@ def _tables(uploaded: List[torch.Tensor], handles: dict) -> ProblemTables:
     return ProblemTables(**{name: uploaded[index] for name, index in handles.items()})
 
 
-def _size_buckets(sizes: np.ndarray, slack: float = 2.0, small: int = 1 << 16) -> List[np.ndarray]:
+def _size_buckets(sizes: np.ndarray, slack: float, small: int) -> List[np.ndarray]:
     """Group problems (by index into ``sizes``) into padded batches.
 
     Problems are taken in ascending size; the next one joins the current group while the group's
@@ -254,7 +253,7 @@ def tango_prune(
     with record_function("tango.segment"):
         features32 = features.float().contiguous()
         unit = F.normalize(features32, dim=-1)
-        segment_lengths, static_runs = _segment_and_check(features, unit, saliency, times, global_features, config)
+        segment_lengths, static_runs = _segment_and_check(features32, unit, saliency, times, global_features, config)
     if config.retention_ratio >= 1.0:
         return TangoResult(
             keep_index=torch.arange(num_frames * num_tokens, device=device),
@@ -304,8 +303,8 @@ def _execute(
     # Phase 2 tables: units with k' > 0, in padded batches of similar candidate counts.
     salient_groups = []
     salient_units = np.flatnonzero(plan.unit_salient > 0)
-    for group in _size_buckets(plan.unit_candidates[salient_units]):
-        units = salient_units[group]
+    # One padded batch: candidate sets are small, so padding costs less than more launches.
+    for units in [salient_units] if len(salient_units) else []:
         picks, candidates = plan.unit_salient[units], plan.unit_candidates[units]
         salient_groups.append(
             (
@@ -331,7 +330,7 @@ def _execute(
     )
     merged_pools = np.flatnonzero((plan.pool_budget > 0) & (plan.pool_budget < plan.pool_size))
     groups = []
-    for group in _size_buckets(plan.pool_size[merged_pools]):
+    for group in _size_buckets(plan.pool_size[merged_pools], slack=4.0, small=1 << 22):
         pools = merged_pools[group]
         sizes, anchors = plan.pool_size[pools], plan.pool_budget[pools]
         members = pool_offset[pools][:, None] + np.minimum(np.arange(sizes.max())[None, :], sizes[:, None] - 1)
@@ -341,22 +340,13 @@ def _execute(
     out_shift = uploaded[h_out_shift]
 
     # Virtual frames: segment means of features and saliency (float32).
-    real_tokens = num_frames * num_tokens
-    flat_features = features.view(real_tokens, dim)
     averaging_t = uploaded[h_averaging]
     ext_saliency = torch.cat((saliency, averaging_t @ saliency))
     mean_features = (averaging_t @ features.view(num_frames, num_tokens * dim)).view(-1, dim)
-
-    def ext_rows(ids: torch.Tensor) -> torch.Tensor:
-        """Float32 features (R, D) of extended token ids (R,)."""
-        if not num_virtual:
-            return flat_features.index_select(0, ids)
-        real = flat_features.index_select(0, ids.clamp(max=real_tokens - 1))
-        virtual = mean_features.index_select(0, (ids - real_tokens).clamp_(min=0))
-        return torch.where((ids < real_tokens).unsqueeze(-1), real, virtual)
-
+    # Materialised tables cost bandwidth the GPU has to spare; gathers from them are one launch each.
+    ext_features = torch.cat((features.view(num_frames * num_tokens, dim), mean_features))
     sections = resolve_rope_sections(dim, config.rope_sections)
-    rope = RowRotator(unit, grid, times, sections, config.base_time, config.base_space)
+    rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space).view(-1, dim)
 
     out_ids: List[torch.Tensor] = []
     out_features: List[torch.Tensor] = []
@@ -372,13 +362,13 @@ def _execute(
             ranked_saliency.masked_fill_(uploaded[h_excluded], float("-inf"))
             ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
             ranked = ranked[:, : tables.valid.shape[1]]
-            candidate_rope = rope((ranked + uploaded[h_rope]).view(-1)).view(*ranked.shape, dim)
+            candidate_rope = rope.index_select(0, (ranked + uploaded[h_rope]).view(-1)).view(*ranked.shape, dim)
             positions = ranked.gather(1, select_diverse_salient(candidate_rope, tables, k))  # (U', A)
             chosen = positions.masked_fill(tables.centre_invalid, num_tokens)
             selected.index_copy_(0, uploaded[h_units], selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True))
             salient_ids = (positions + unit_rows).view(-1).index_select(0, uploaded[h_slots])
             out_ids.append(salient_ids)
-            out_features.append(ext_rows(salient_ids))
+            out_features.append(ext_features.index_select(0, salient_ids))
         in_pool = unit_positions & ~selected[:, :num_tokens]
 
     with record_function("tango.merge"):
@@ -388,15 +378,16 @@ def _execute(
             pool_ids = entries + uploaded[h_pool_shift].view(-1).index_select(0, entries // num_tokens)
             whole_ids = pool_ids.index_select(0, uploaded[h_whole])
             out_ids.append(whole_ids)
-            out_features.append(ext_rows(whole_ids))
+            out_features.append(ext_features.index_select(0, whole_ids))
             for handles, h_members, h_slots in groups:
                 tables = _tables(uploaded, handles)
-                members = pool_ids[uploaded[h_members]]  # (P, M) extended token ids
-                flat_members = members.view(-1)
+                member_slots = uploaded[h_members]
+                flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
+                members = flat_members.view(member_slots.shape)
                 rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
                 slots, merged = merge_into_anchors(
-                    rope(rope_rows).view(*members.shape, dim),
-                    ext_rows(flat_members).view(*members.shape, dim),
+                    rope.index_select(0, rope_rows).view(*members.shape, dim),
+                    ext_features.index_select(0, flat_members).view(*members.shape, dim),
                     tables,
                     k,
                     config.beta,
