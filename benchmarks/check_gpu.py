@@ -53,6 +53,12 @@ def main() -> None:
     off_diagonal = ~torch.eye(400, dtype=torch.bool, device=device)
     print(f"distance error vs float64 (off-diagonal): split-fp16 {(split - truth).abs()[:, off_diagonal].max():.2e}, "
           f"fp32 cdist {(plain - truth).abs()[:, off_diagonal].max():.2e}")
+
+    # LLaVA-OneVision pooling: channels-last bilinear (ours) vs the contiguous NCHW path (transformers').
+    projected = torch.randn(32, 27, 27, 3584, device=device, dtype=torch.float16)
+    ours = torch.nn.functional.interpolate(projected.permute(0, 3, 1, 2), size=(14, 14), mode="bilinear")
+    theirs = torch.nn.functional.interpolate(projected.permute(0, 3, 1, 2).contiguous(), size=(14, 14), mode="bilinear")
+    print(f"bilinear pooling channels-last vs NCHW identical: {torch.equal(ours, theirs)}")
     sys.exit(1 if failures else 0)
 
 

@@ -286,7 +286,9 @@ class LlavaTango(TangoVideoLM):
     def pool_features(self, features: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """(N, G*G, D) projected features -> ((N, h*w, D) pooled per frame, (h, w))."""
         n, p, d = features.shape
-        maps = features.view(n, self.patch_grid, self.patch_grid, d).permute(0, 3, 1, 2).contiguous()
+        # Left channels-last: CUDA's NCHW bilinear kernel parallelises over the 14x14 outputs only
+        # and loops over N * D maps (tens of ms at D = 3584); the channels-last kernel does not.
+        maps = features.view(n, self.patch_grid, self.patch_grid, d).permute(0, 3, 1, 2)
         pooled = self._pool(maps)
         grid = (int(pooled.shape[2]), int(pooled.shape[3]))
         return pooled.permute(0, 2, 3, 1).reshape(n, grid[0] * grid[1], d), grid
