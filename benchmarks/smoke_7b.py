@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tango_core import SINK_PRESETS, TangoConfig  # noqa: E402
-from tango_core.models.llava import LlavaTango, pre_llm_ratio  # noqa: E402
+from tango_core.models.llava import LlavaTango  # noqa: E402
+from tango_core.models.presets import paper_config  # noqa: E402
 from tango_core.models.qwen2_5_vl import Qwen25VLTango  # noqa: E402
 from tango_core.models.tiny_llava import build_tiny_tokenizer, random_llava_7b, random_siglip_head  # noqa: E402
 from tango_core.models.tiny_qwen import build_tiny_qwen25vl, random_qwen25vl_7b, special_token_ids  # noqa: E402
@@ -69,13 +69,6 @@ def build(family: str, workdir: Path):
     model.config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     model.config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")
     return model, tokenizer, random_siglip_head(device="cuda", dtype=torch.float16), torch.float16
-
-
-def tango_config(family: str) -> TangoConfig:
-    if family == "llava_video":
-        return TangoConfig(retention_ratio=round(pre_llm_ratio(0.1), 6), similarity_threshold=0.65,
-                           sink_positions=SINK_PRESETS["llava_video"])
-    return TangoConfig(retention_ratio=0.1, sink_positions=SINK_PRESETS.get(family, ()))
 
 
 def adapter(family: str, model, tokenizer, head, tango):
@@ -130,7 +123,7 @@ def main() -> None:
         for family in args.families.split(","):
             model, tokenizer, head, dtype = build(family, Path(tmp))
             video = moving_objects_video(64 if family == "llava_video" else 32)
-            for label, tango in (("vanilla", None), ("tango", tango_config(family))):
+            for label, tango in (("vanilla", None), ("tango", paper_config(family, 0.1))):
                 result = measure(adapter(family, model, tokenizer, head, tango), video, args.repeats)
                 result.update(family=family, setting=label, dtype=str(dtype).replace("torch.", ""),
                               ratio=None if tango is None else tango.retention_ratio)
