@@ -31,32 +31,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tango_core import TangoConfig, tango_prune  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
+from tango_core.models.presets import paper_config  # noqa: E402
 from tango_core.models.tiny_llava import save_tiny_llava  # noqa: E402
 from tango_core.models.tiny_qwen import build_tiny_qwen25vl  # noqa: E402
+from tango_core.models.video import write_video  # noqa: E402
 from tango_core.synthetic import structured_clip  # noqa: E402
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 DIRECTIONS = ["left", "right", "up", "down"]
 
 
-def write_video(path: Path, colour: str, direction: str, num_frames: int = 48, size: int = 64, fps: int = 8) -> None:
-    """A square of ``colour`` moving ``direction`` over a slowly shading background (PyAV, mpeg4)."""
-    import av
-
+def moving_square(colour: str, direction: str, num_frames: int = 48, size: int = 64) -> np.ndarray:
+    """(T, size, size, 3) uint8: a square of ``colour`` moving ``direction`` over a slowly shading background."""
     step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for t in range(num_frames):
-            frame = np.full((size, size, 3), 90 + t, dtype=np.uint8)
-            x = size // 2 - 6 + step[0] * (t * (size // 2 - 8)) // num_frames
-            y = size // 2 - 6 + step[1] * (t * (size // 2 - 8)) // num_frames
-            frame[y : y + 12, x : x + 12] = COLOURS[colour]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        frames[t] = 90 + t
+        x = size // 2 - 6 + step[0] * (t * (size // 2 - 8)) // num_frames
+        y = size // 2 - 6 + step[1] * (t * (size // 2 - 8)) // num_frames
+        frames[t, y : y + 12, x : x + 12] = COLOURS[colour]
+    return frames
 
 
 def build_benchmark(directory: Path) -> List[Dict]:
@@ -68,7 +62,7 @@ def build_benchmark(directory: Path) -> List[Dict]:
     ):
         path = directory / f"video_{index}.mp4"
         if not path.exists():
-            write_video(path, colour, direction)
+            write_video(str(path), moving_square(colour, direction), fps=8)
         options = "\n".join(f"({letter}) {d}" for letter, d in zip("ABCD", DIRECTIONS))
         question = f"Which way does the {colour} square move?\n{options}\nAnswer with the option's letter."
         items.append({"id": index, "video": str(path), "question": question, "answer": "ABCD"[DIRECTIONS.index(direction)]})
@@ -101,9 +95,11 @@ def run_sweep(out: Path, ratios: List[float], frames: Dict[str, int]) -> List[Di
     done = {}
     if results_path.exists():
         for line in results_path.read_text().splitlines():
-            if line.strip():
+            try:
                 row = json.loads(line)
-                done[(row["model"], row["ratio"], row["item"])] = row
+            except json.JSONDecodeError:  # a line torn by an interruption: recompute it
+                continue
+            done[(row["model"], row["ratio"], row["item"])] = row
     items = build_benchmark(out / "videos")
     models = build_models(out / "models")
     settings = [None] + ratios
@@ -116,7 +112,7 @@ def run_sweep(out: Path, ratios: List[float], frames: Dict[str, int]) -> List[Di
             key = (model_name, ratio)
             if key not in loaded:
                 loaded.clear()
-                tango = None if ratio is None else TangoConfig(retention_ratio=ratio)
+                tango = None if ratio is None else paper_config(model_name, ratio)
                 extra = {"num_frames": frames[model_name]} if model_name != "qwen2_5_vl" else {}
                 loaded[key] = load_tango_model(models[model_name], tango=tango, dtype=torch.float32, device="cpu", **extra)
             start = time.perf_counter()
@@ -141,7 +137,10 @@ def run_sweep(out: Path, ratios: List[float], frames: Dict[str, int]) -> List[Di
 
 def print_table(rows: List[Dict]) -> None:
     print("\nDEMO ONLY: tiny random-weight models on 8 generated videos (accuracy is chance level)\n")
-    header = f"{'model':16} {'ratio':>7} {'visual before':>13} {'after':>7} {'kept %':>7} {'prefill ms':>10} {'acc %':>6}"
+    print("'to LLM' counts the visual embeddings the LLM reads (LLaVA newline embeddings included);")
+    print("'after K': LLaVA-Video's visual tokens in the layers after its intra-LLM stage.\n")
+    header = (f"{'model':16} {'ratio':>7} {'visual in':>9} {'to LLM':>7} {'after K':>7} {'to LLM %':>8} "
+              f"{'prefill ms':>10} {'acc %':>6}")
     print(header)
     print("-" * len(header))
     groups: Dict = {}
@@ -150,10 +149,13 @@ def print_table(rows: List[Dict]) -> None:
     for (model, ratio), group in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
         before = np.mean([r["visual_before"] for r in group])
         after = np.mean([r["visual_after"] for r in group])
+        intra = [r["visual_after_intra_llm"] for r in group if r["visual_after_intra_llm"] is not None]
+        intra_text = f"{np.mean(intra):.0f}" if intra else "-"
         prefill = np.mean([r["times_ms"].get("prefill", float("nan")) for r in group])
         accuracy = 100 * np.mean([r["correct"] for r in group])
         label = "vanilla" if ratio is None else f"{ratio:g}"
-        print(f"{model:16} {label:>7} {before:>13.0f} {after:>7.0f} {100 * after / before:>6.1f}% {prefill:>10.1f} {accuracy:>6.1f}")
+        print(f"{model:16} {label:>7} {before:>9.0f} {after:>7.0f} {intra_text:>7} {100 * after / before:>7.1f}% "
+              f"{prefill:>10.1f} {accuracy:>6.1f}")
 
 
 def print_algorithm_table(ratios: List[float]) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .siglip_head import DEFAULT_SIGLIP_ID
+from .tiny_tokenizer import train_tiny_bpe
 
 FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video")
 
@@ -45,23 +46,10 @@ def build_tiny_tokenizer(vocab_size: int = 320):
 
     Returns a transformers fast tokenizer; eos = ``<|im_end|>``, pad = ``<|endoftext|>``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(LLAVA_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(list(_TOKENIZER_CORPUS), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+    return train_tiny_bpe(
+        _TOKENIZER_CORPUS,
+        LLAVA_SPECIAL_TOKENS,
+        vocab_size,
         additional_special_tokens=["<|im_start|>", "<image>", "<video>"],
     )
 

@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .tiny_tokenizer import train_tiny_bpe
+
 # Special tokens of Qwen2.5-VL, in the order the tiny tokenizer assigns their ids.
 QWEN_SPECIAL_TOKENS: Tuple[str, ...] = (
     "<|endoftext|>",
@@ -76,24 +78,8 @@ def build_tiny_tokenizer(vocab_size: int = 384):
 
     Returns a ``PreTrainedTokenizerFast``; ids 0..7 are :data:`QWEN_SPECIAL_TOKENS` in order.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(QWEN_SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(_TOKENIZER_CORPUS), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+    fast = train_tiny_bpe(
+        _TOKENIZER_CORPUS, QWEN_SPECIAL_TOKENS, vocab_size, additional_special_tokens=QWEN_SPECIAL_TOKENS[1:]
     )
     fast.chat_template = QWEN_CHAT_TEMPLATE
     return fast

@@ -354,3 +354,25 @@ def to_clip(source: VideoSource, num_frames: Optional[int] = None, fps: Optional
         f"Unsupported video source of type {type(source).__name__}; pass a file path, a (T, H, W, 3) "
         "uint8 array, a list of (H, W, 3) uint8 frames or a VideoClip."
     )
+
+
+def write_video(path: str, frames: np.ndarray, fps: float, gop_size: Optional[int] = None) -> str:
+    """Encode (T, H, W, 3) uint8 RGB frames as an MPEG-4 video with PyAV (tests, demos). Returns ``path``.
+
+    H and W must be even (yuv420p). ``gop_size``: frames between keyframes (codec default if None).
+    """
+    import av
+
+    frames = check_frames(frames)
+    with av.open(path, "w") as container:
+        stream = container.add_stream("mpeg4", rate=int(round(fps)))
+        stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
+        stream.pix_fmt = "yuv420p"
+        if gop_size is not None:
+            stream.codec_context.gop_size = gop_size
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -22,6 +22,7 @@ from tango_core import TangoConfig, tango_prune  # noqa: E402
 from tango_core.models.llava import LlavaInputs, LlavaTango, pre_llm_ratio  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
 from tango_core.models.tiny_llava import save_tiny_llava  # noqa: E402
+from tango_core.models.video import write_video  # noqa: E402
 
 NUM_FRAMES = 4
 QUESTION = "What is the person doing in the video?"
@@ -223,15 +224,7 @@ def test_decoding_after_pruning_matches_no_cache(onevision: LlavaTango) -> None:
 
 
 def test_file_path_input(onevision: LlavaTango, tmp_path) -> None:
-    path = str(tmp_path / "clip.mp4")
-    with av.open(path, "w") as container:
-        stream = container.add_stream("mpeg4", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for frame in structured_frames(9, 64)[:, :48]:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = write_video(str(tmp_path / "clip.mp4"), structured_frames(9, 64)[:, :48], fps=4)
     adapter = share(onevision, TangoConfig(retention_ratio=0.15))
     generation = adapter.generate(path, QUESTION, max_new_tokens=2)
     assert generation.stats.num_frames == NUM_FRAMES

@@ -12,6 +12,7 @@ import torch
 
 from tango_core import TangoConfig, tango_prune
 from tango_core.models.base import VideoClip
+from tango_core.models.video import write_video
 from tango_core.models.qwen2_5_vl import (
     Qwen25VLTango,
     frame_pixel_bounds,
@@ -48,21 +49,6 @@ def _frames(count: int, seed: int = 0, height: int = 112, width: int = 140) -> n
         frame[30:60, x0:x0 + 30] = (250, 30, 30)
         out.append(np.clip(frame, 0, 255).astype(np.uint8))
     return np.stack(out)
-
-
-def _write_video(path: str, frames: np.ndarray, fps: int) -> str:
-    import av
-
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames.shape[1], frames.shape[2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +289,7 @@ def test_patchify_matches_image_processor():
 
 
 def test_video_file_sampling_and_timestamps(vanilla, tmp_path):
-    path = _write_video(str(tmp_path / "clip.mp4"), _frames(12, seed=3), fps=4)
+    path = write_video(str(tmp_path / "clip.mp4"), _frames(12, seed=3), fps=4)
     clip = vanilla.load_clip(path)
     assert clip.frames.shape == (6, 112, 140, 3)  # 3 s at 2 fps
     assert clip.frame_indices.tolist() == qwen_frame_indices(12, 6).tolist()
@@ -332,7 +318,7 @@ def test_bad_videos_raise_clear_errors(vanilla, tmp_path):
         vanilla.generate(np.zeros((0, 112, 140, 3), dtype=np.uint8), QUESTION)
     with pytest.raises(ValueError, match="zero frames"):
         vanilla.generate([], QUESTION)
-    single = _write_video(str(tmp_path / "one.mp4"), _frames(1), fps=4)
+    single = write_video(str(tmp_path / "one.mp4"), _frames(1), fps=4)
     with pytest.raises(ValueError, match="at least 2"):
         vanilla.generate(single, QUESTION)
 

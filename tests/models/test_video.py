@@ -15,6 +15,7 @@ av = pytest.importorskip("av")
 
 from tango_core.models.base import VideoClip  # noqa: E402
 from tango_core.models.video import (  # noqa: E402
+    write_video,
     available_backends,
     probe_video,
     read_frames,
@@ -27,24 +28,16 @@ NUM_FRAMES, FPS, HEIGHT, WIDTH = 23, 10, 48, 64
 BACKENDS: List[str] = [b for b in ("av", "cv2") if b in available_backends()]
 
 
-def write_video(path: str, num_frames: int = NUM_FRAMES, fps: int = FPS, gop: int = 12) -> None:
+def write_grey_video(path: str, num_frames: int = NUM_FRAMES, fps: int = FPS, gop: int = 12) -> None:
     """MPEG-4 video whose frame i is a flat grey of value 10 * i (mod 250)."""
-    with av.open(path, "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        stream.codec_context.gop_size = gop
-        for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((HEIGHT, WIDTH, 3), 10 * i % 250, np.uint8), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    levels = (10 * np.arange(num_frames) % 250).astype(np.uint8)
+    write_video(path, np.broadcast_to(levels[:, None, None, None], (num_frames, HEIGHT, WIDTH, 3)), fps, gop_size=gop)
 
 
 @pytest.fixture(scope="module")
 def video_path(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("video") / "clip.mp4")
-    write_video(path)
+    write_grey_video(path)
     return path
 
 
@@ -77,7 +70,7 @@ def test_seeking_matches_sequential_decoding(tmp_path) -> None:
     from tango_core.models import video as video_module
 
     path = str(tmp_path / "long.mp4")
-    write_video(path, num_frames=700, fps=30)
+    write_grey_video(path, num_frames=700, fps=30)
     indices = uniform_indices(700, 8)
     assert indices[-1] >= video_module.SEEK_MIN_FRAMES and indices[-1] > video_module.SEEK_SPARSITY * 8
     with av.open(path) as container:
