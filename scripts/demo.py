@@ -108,6 +108,8 @@ def run_sweep(out: Path, ratios: List[float], frames: Dict[str, int]) -> List[Di
         print(f"[demo] resuming: {len(done)} answers already in {results_path}, {len(jobs)} to go")
     loaded = {}
     with results_path.open("a") as sink:
+        if results_path.stat().st_size and not results_path.read_bytes().endswith(b"\n"):
+            sink.write("\n")  # end a line torn by an interruption
         for model_name, ratio, item in tqdm(jobs, desc="demo sweep", unit="answer"):
             key = (model_name, ratio)
             if key not in loaded:
