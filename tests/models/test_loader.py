@@ -99,3 +99,19 @@ def test_7b_config_values() -> None:
     assert (vision.hidden_size, vision.intermediate_size, vision.num_attention_heads) == (1152, 4304, 16)
     assert (vision.image_size, vision.patch_size, vision.num_hidden_layers, config.vision_feature_layer) == (384, 14, 26, -1)
     assert config.tango_family == "llava_video"
+
+
+def test_loads_a_real_tiny_qwen2_5_vl_checkpoint(tmp_path) -> None:
+    """The user's entry point on a saved Qwen2.5-VL checkpoint: routing, then a pruned answer."""
+    import numpy as np
+
+    from tango_core.models.qwen2_5_vl import Qwen25VLTango
+    from tango_core.models.tiny_qwen import build_tiny_qwen25vl
+
+    directory = build_tiny_qwen25vl(str(tmp_path / "qwen"))
+    model = load_tango_model(directory, tango=TangoConfig(retention_ratio=0.2), dtype=torch.float32, device="cpu")
+    assert isinstance(model, Qwen25VLTango) and model.family == "qwen2_5_vl"
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
+    answer = model.generate(frames, "What is shown?", max_new_tokens=2)
+    assert 1 <= answer.token_ids.numel() <= 2
+    assert answer.stats.visual_tokens_after < answer.stats.visual_tokens_before
