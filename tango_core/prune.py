@@ -238,6 +238,24 @@ def tango_prune(
     """
     config = config if config is not None else TangoConfig()
     _validate(features, saliency, grid, timestamps, global_features, config)
+    # Inference mode skips autograd's per-operation bookkeeping: the pipeline is launch-bound, so
+    # this is a large share of its host time. Outputs are cloned out of it as ordinary tensors.
+    with torch.inference_mode():
+        result = _prune(features, saliency, grid, timestamps, config, global_features)
+    if torch.is_inference_mode_enabled():
+        return result
+    return TangoResult(result.keep_index.clone(), result.kept_features.clone(), result.segments)
+
+
+def _prune(
+    features: torch.Tensor,
+    saliency: torch.Tensor,
+    grid: Tuple[int, int],
+    timestamps: Optional[torch.Tensor],
+    config: TangoConfig,
+    global_features: Optional[torch.Tensor],
+) -> TangoResult:
+    """:func:`tango_prune` after validation of shapes."""
     num_frames, num_tokens, dim = features.shape
     device = features.device
     times = (

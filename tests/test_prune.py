@@ -160,3 +160,13 @@ def test_non_contiguous_inputs_match_contiguous():
     got = tango_prune(strided, clip.saliency.t().contiguous().t(), clip.grid, clip.timestamps, TangoConfig(0.2))
     assert torch.equal(got.keep_index, expected.keep_index)
     assert torch.equal(got.kept_features, expected.kept_features)
+
+
+def test_outputs_are_ordinary_tensors_outside_inference_mode():
+    clip = structured_clip(4, (4, 4), 8, "mixed", num_scenes=1, seed=1)
+    result = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.3))
+    assert not result.kept_features.is_inference() and not result.keep_index.is_inference()
+    result.kept_features.mul_(2.0)  # in-place use by the caller must work
+    with torch.inference_mode():
+        inside = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.3))
+    assert torch.equal(inside.keep_index, result.keep_index)
