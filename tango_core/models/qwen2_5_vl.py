@@ -781,7 +781,9 @@ class Qwen25VLTango(TangoVideoLM):
         """Greedy answer. kwargs: ``num_frames`` (a dataset's nframe) overrides the frame count."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-        inputs = self.prepare_inputs(video, question, kwargs.pop("num_frames", None))
+        loading = _Timer(self.device)
+        with loading.stage("load"):  # frame decoding and preprocessing, as the LLaVA adapter reports
+            inputs = self.prepare_inputs(video, question, kwargs.pop("num_frames", None))
         if kwargs:
             raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
         if self.tango is None:
@@ -807,6 +809,7 @@ class Qwen25VLTango(TangoVideoLM):
             token_ids, _, times = self.greedy_decode(prefill, max_new_tokens)
             stats = prefill.stats
             stats.times_ms.update(times)
+        stats.times_ms.update(loading.times_ms)
         text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True)
         return TangoGeneration(text=text, token_ids=token_ids, stats=stats)
 
