@@ -318,22 +318,17 @@ def _execute(
     # out_frame[e] * L + l = id + out_shift[e].
     h_out_shift = upload.add((out_frame - np.arange(len(out_frame))) * num_tokens)
 
-    # Phase 2 tables: units with k' > 0, in padded batches of similar candidate counts.
-    salient_groups = []
+    # Phase 2 tables: units with k' > 0, in one padded batch (candidate sets are small, so padding
+    # costs less than the launches of more batches).
     salient_units = np.flatnonzero(plan.unit_salient > 0)
-    # One padded batch: candidate sets are small, so padding costs less than more launches.
-    for units in [salient_units] if len(salient_units) else []:
-        picks, candidates = plan.unit_salient[units], plan.unit_candidates[units]
-        salient_groups.append(
-            (
-                upload.add_tables(problem_arrays(candidates, picks, k)),
-                upload.add(units),
-                upload.add(plan.unit_frame[units, None] * num_tokens),
-                upload.add(out_frame[plan.unit_frame[units], None] * num_tokens),
-                upload.add(~plan.unit_positions[units]),
-                upload.add(np.flatnonzero(np.arange(picks.max())[None, :] < picks[:, None])),
-            )
-        )
+    if len(salient_units):
+        picks, candidates = plan.unit_salient[salient_units], plan.unit_candidates[salient_units]
+        h_salient_tables = upload.add_tables(problem_arrays(candidates, picks, k))
+        h_salient_units = upload.add(salient_units)
+        h_salient_rows = upload.add(plan.unit_frame[salient_units, None] * num_tokens)
+        h_salient_rope = upload.add(out_frame[plan.unit_frame[salient_units], None] * num_tokens)
+        h_salient_excluded = upload.add(~plan.unit_positions[salient_units])
+        h_salient_slots = upload.add(np.flatnonzero(np.arange(picks.max())[None, :] < picks[:, None]))
 
     # Phase 3 tables: pools laid end to end in unit order (the units of a pool are contiguous).
     pool_offset = np.concatenate(([0], np.cumsum(plan.pool_size)[:-1])).astype(np.int64)
@@ -373,18 +368,19 @@ def _execute(
     with record_function("tango.salient"):
         # Phase 2: salient selection of every unit with k' > 0.
         selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=device)
-        for handles, h_units, h_rows, h_rope, h_excluded, h_slots in salient_groups:
-            tables = _tables(uploaded, handles)
-            unit_rows = uploaded[h_rows]  # (U', 1) first token id of each unit's frame
+        if len(salient_units):
+            tables = _tables(uploaded, h_salient_tables)
+            unit_rows = uploaded[h_salient_rows]  # (U', 1) first token id of each unit's frame
             ranked_saliency = ext_saliency.index_select(0, unit_rows.view(-1) // num_tokens)
-            ranked_saliency.masked_fill_(uploaded[h_excluded], float("-inf"))
+            ranked_saliency.masked_fill_(uploaded[h_salient_excluded], float("-inf"))
             ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
-            ranked = ranked[:, : tables.valid.shape[1]]
-            candidate_rope = rope.index_select(0, (ranked + uploaded[h_rope]).view(-1)).view(*ranked.shape, dim)
+            ranked = ranked[:, : tables.valid.shape[1]]  # candidates, most salient first
+            candidate_rope = rope.index_select(0, (ranked + uploaded[h_salient_rope]).view(-1)).view(*ranked.shape, dim)
             positions = ranked.gather(1, select_diverse_salient(candidate_rope, tables, k))  # (U', A)
-            chosen = positions.masked_fill(tables.centre_invalid, num_tokens)
-            selected.index_copy_(0, uploaded[h_units], selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True))
-            salient_ids = (positions + unit_rows).view(-1).index_select(0, uploaded[h_slots])
+            chosen = positions.masked_fill(tables.centre_invalid, num_tokens)  # invalid: spare column
+            picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
+            selected.index_copy_(0, uploaded[h_salient_units], picked)
+            salient_ids = (positions + unit_rows).view(-1).index_select(0, uploaded[h_salient_slots])
             out_ids.append(salient_ids)
             out_features.append(ext_features.index_select(0, salient_ids))
         in_pool = unit_positions & ~selected[:, :num_tokens]
