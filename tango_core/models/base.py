@@ -62,6 +62,22 @@ class TangoGeneration:
     stats: TangoStats
 
 
+def answer_without_autograd(generate):
+    """Run a ``generate`` method in inference mode (less host overhead per operation, which
+    dominates eager decoding) and hand its token ids back as an ordinary tensor."""
+
+    def wrapper(self, *args, **kwargs) -> "TangoGeneration":
+        with torch.inference_mode():
+            result = generate(self, *args, **kwargs)
+        if not torch.is_inference_mode_enabled():
+            result.token_ids = result.token_ids.clone()
+        return result
+
+    wrapper.__name__ = generate.__name__
+    wrapper.__doc__ = generate.__doc__
+    return wrapper
+
+
 class TangoVideoLM(ABC):
     """A transformers video LLM with Tango attached (``tango=None`` runs it unmodified)."""
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import TangoConfig
 from ..prune import tango_prune
-from .base import TangoGeneration, TangoStats, TangoVideoLM, VideoClip, VideoSource
+from .base import TangoGeneration, TangoStats, TangoVideoLM, VideoClip, VideoSource, answer_without_autograd
 from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
 from .video import to_clip
 
@@ -445,6 +445,7 @@ class LlavaTango(TangoVideoLM):
         text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True).strip()
         return TangoGeneration(text=text, token_ids=token_ids, stats=inputs.stats)
 
+    @answer_without_autograd
     def generate(self, video: VideoSource, question: str, max_new_tokens: int = 16, **kwargs) -> TangoGeneration:
         """Answer ``question`` about ``video`` greedily (at most ``max_new_tokens`` tokens)."""
         if kwargs:

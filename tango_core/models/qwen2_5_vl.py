@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from .base import TangoGeneration, TangoStats, TangoVideoLM, VideoClip, VideoSource
+from .base import TangoGeneration, TangoStats, TangoVideoLM, VideoClip, VideoSource, answer_without_autograd
 from .video import check_frames, probe_video, read_frames
 
 # qwen-vl-utils' video constants (fetch_video / smart_nframes).
@@ -776,7 +776,7 @@ class Qwen25VLTango(TangoVideoLM):
 
     # -- TangoVideoLM ----------------------------------------------------------------------------
 
-    @torch.no_grad()
+    @answer_without_autograd
     def generate(self, video: VideoSource, question: str, max_new_tokens: int = 16, **kwargs: Any) -> TangoGeneration:
         """Greedy answer. kwargs: ``num_frames`` (a dataset's nframe) overrides the frame count."""
         if max_new_tokens < 1:

@@ -114,4 +114,5 @@ def test_loads_a_real_tiny_qwen2_5_vl_checkpoint(tmp_path) -> None:
     frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
     answer = model.generate(frames, "What is shown?", max_new_tokens=2)
     assert 1 <= answer.token_ids.numel() <= 2
+    assert not answer.token_ids.is_inference()  # generate runs in inference mode, hands back a normal tensor
     assert answer.stats.visual_tokens_after < answer.stats.visual_tokens_before
