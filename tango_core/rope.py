@@ -45,12 +45,24 @@ def rotate_unit_features(
     base_time: float,
     base_space: float,
 ) -> torch.Tensor:
-    """:func:`st_rope` of already l2-normalised float32 features (N, L, D)."""
-    rotator = RowRotator(unit, grid, timestamps, sections, base_time, base_space)
+    """:func:`st_rope` of already l2-normalised float32 features (N, L, D).
+
+    Every channel belongs to one group, whose angle is t * f_t, row * f_h or col * f_w; the other
+    groups' factors are exactly cos 0 = 1 and sin 0 = 0, so ``cos = cos_time * cos_space`` and
+    ``sin = sin_time + sin_space`` hold exactly, from (N, D) and (L, D) tables. The rotate-half
+    sign is folded into the sin tables.
+    """
+    num_frames = unit.shape[0]
+    device = unit.device
+    if timestamps is None:
+        timestamps = torch.arange(num_frames, device=device, dtype=torch.float32)
+    freq_time, sign = _time_tables(sections, base_time, device)
+    angles = timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1) * freq_time
+    cos_space, signed_sin_space = _space_tables(tuple(grid), sections, base_space, device)  # (L, D)
     return torch.addcmul(
-        unit * (rotator.cos_time.unsqueeze(1) * rotator.cos_space),
+        unit * (angles.cos().unsqueeze(1) * cos_space),
         swap_group_halves(unit, sections),
-        rotator.sin_time.unsqueeze(1) + rotator.sin_space,
+        (angles.sin() * sign).unsqueeze(1) + signed_sin_space,
     )
 
 
@@ -63,47 +75,6 @@ def swap_group_halves(x: torch.Tensor, sections: Tuple[int, int, int]) -> torch.
         pieces += [x[..., start + half : start + size], x[..., start : start + half]]
         start += size
     return torch.cat(pieces, dim=-1)
-
-
-class RowRotator:
-    """ST-RoPE of chosen rows of l2-normalised features, computed only where needed.
-
-    Every channel belongs to one group, whose angle is t * f_t, row * f_h or col * f_w; the other
-    groups' factors are exactly cos 0 = 1 and sin 0 = 0, so ``cos = cos_time * cos_space`` and
-    ``sin = sin_time + sin_space`` hold exactly, with (N, D) and (L, D) tables instead of (N, L, D).
-    The rotate-half sign is folded into the sin tables.
-    """
-
-    def __init__(
-        self,
-        unit: torch.Tensor,
-        grid: Tuple[int, int],
-        timestamps: Optional[torch.Tensor],
-        sections: Tuple[int, int, int],
-        base_time: float,
-        base_space: float,
-    ) -> None:
-        num_frames, num_tokens, dim = unit.shape
-        device = unit.device
-        if timestamps is None:
-            timestamps = torch.arange(num_frames, device=device, dtype=torch.float32)
-        freq_time, sign = _time_tables(sections, base_time, device)
-        angles = timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1) * freq_time
-        self.cos_time = angles.cos()  # (N, D)
-        self.sin_time = angles.sin() * sign
-        self.cos_space, self.sin_space = _space_tables(tuple(grid), sections, base_space, device)  # (L, D)
-        self.rows = unit.reshape(num_frames * num_tokens, dim)
-        self.num_tokens = num_tokens
-        self.sections = sections
-
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        """ST-RoPE features (R, D) of flat token rows (R,) (row = frame * L + position)."""
-        x = self.rows.index_select(0, rows)
-        frames = torch.div(rows, self.num_tokens, rounding_mode="floor")
-        positions = rows - frames * self.num_tokens
-        cos = self.cos_time.index_select(0, frames) * self.cos_space.index_select(0, positions)
-        sin = self.sin_time.index_select(0, frames) + self.sin_space.index_select(0, positions)
-        return torch.addcmul(x * cos, swap_group_halves(x, self.sections), sin)
 
 
 def _group_frequencies(sections: Tuple[int, int, int], base: float, group: int) -> torch.Tensor:

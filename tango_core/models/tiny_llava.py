@@ -179,19 +179,10 @@ def llava_7b_config(family: str = "llava_onevision"):
     llava-hf checkpoints store it). Text: Qwen2-7B (hidden 3584, 28 layers, 28 heads, 4 kv heads,
     intermediate 18944, vocab 152064, rope theta 1e6).
     """
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaOnevisionConfig, Qwen2Config
 
     _check_family(family)
-    vision = SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=26,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-        layer_norm_eps=1e-6,
-        vision_use_head=False,
-    )
+    vision = siglip_so400m_config(num_layers=26, with_head=False)  # llava-hf drops the last layer
     text = Qwen2Config(
         hidden_size=3584,
         intermediate_size=18944,
@@ -216,20 +207,26 @@ def llava_7b_config(family: str = "llava_onevision"):
     )
 
 
-def siglip_so400m_head_config():
-    """SigLIP so400m vision config with its attention-pooling head (google/siglip-so400m-patch14-384)."""
+def siglip_so400m_config(num_layers: int = 27, with_head: bool = True):
+    """SigLIP so400m vision config (google/siglip-so400m-patch14-384): 27 layers and the
+    attention-pooling head as released."""
     from transformers import SiglipVisionConfig
 
     return SiglipVisionConfig(
         hidden_size=1152,
         intermediate_size=4304,
-        num_hidden_layers=27,
+        num_hidden_layers=num_layers,
         num_attention_heads=16,
         image_size=384,
         patch_size=14,
         layer_norm_eps=1e-6,
-        vision_use_head=True,
+        vision_use_head=with_head,
     )
+
+
+def siglip_so400m_head_config():
+    """The released SigLIP so400m configuration, whose ``post_layernorm`` and head give saliency."""
+    return siglip_so400m_config()
 
 
 @torch.no_grad()
