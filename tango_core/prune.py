@@ -158,6 +158,14 @@ def _static_positions(static_runs: np.ndarray, segment_lengths: List[int], num_t
     return (lengths[:, None] >= 2) & (padded[starts] >= (lengths - 1)[:, None])
 
 
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Copy a host array to ``device`` without waiting for queued device work (pinned staging)."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class _Upload:
     """Collects host arrays of any dtype and moves them to the device in one copy.
 
@@ -182,11 +190,12 @@ class _Upload:
         buffer = np.zeros(max(total, 8), dtype=np.uint8)
         for array, offset in zip(self._arrays, offsets):
             buffer[offset : offset + array.nbytes] = np.frombuffer(array.tobytes(), dtype=np.uint8)
-        on_device = torch.from_numpy(buffer).to(device)
+        on_device = _to_device(buffer, device)
         out = []
         for array, offset in zip(self._arrays, offsets):
             dtype = torch.bool if array.dtype == np.bool_ else torch.from_numpy(array[:0]).dtype
-            out.append(on_device[offset : offset + array.nbytes].view(dtype).view(array.shape))
+            typed = on_device[offset : offset + array.nbytes].view(dtype)
+            out.append(typed if array.ndim == 1 else typed.view(array.shape))
         return out
 
 
@@ -265,7 +274,7 @@ def _prune(
     )
     saliency = saliency.float()
     if config.sink_positions:
-        sinks = torch.tensor(config.sink_positions, device=device, dtype=torch.int64)
+        sinks = _to_device(np.asarray(config.sink_positions, dtype=np.int64), device)
         saliency = saliency.index_fill(1, sinks, 0.0)
 
     with record_function("tango.segment"):
@@ -279,25 +288,26 @@ def _prune(
             segments=segment_lengths,
         )
 
+    # Queued before the host plans, so that the device computes it meanwhile.
+    sections = resolve_rope_sections(dim, config.rope_sections)
+    rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
     with record_function("tango.plan"):
         static = _static_positions(static_runs, segment_lengths, num_tokens)
         plan = build_plan(static, segment_lengths, config)
-    keep_index, kept = _execute(plan, features32, unit, saliency, times, grid, config)
+    keep_index, kept = _execute(plan, features32, rope.view(-1, dim), saliency, config)
     return TangoResult(keep_index=keep_index, kept_features=kept.to(features.dtype), segments=segment_lengths)
 
 
 def _execute(
     plan: BudgetPlan,
     features: torch.Tensor,
-    unit: torch.Tensor,
+    rope: torch.Tensor,
     saliency: torch.Tensor,
-    times: torch.Tensor,
-    grid: Tuple[int, int],
     config: TangoConfig,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the device phases of a plan. Returns sorted flat indices (K,) and float32 features (K, D).
 
-    features: (N, L, D) float32; unit: the same, l2-normalised.
+    features: (N, L, D) float32; rope: (N * L, D) their ST-RoPE clustering features.
     """
     num_frames, num_tokens, dim = features.shape
     device = features.device
@@ -358,9 +368,6 @@ def _execute(
     mean_features = (averaging_t @ features.view(num_frames, num_tokens * dim)).view(-1, dim)
     # Materialised tables cost bandwidth the GPU has to spare; gathers from them are one launch each.
     ext_features = torch.cat((features.view(num_frames * num_tokens, dim), mean_features))
-    sections = resolve_rope_sections(dim, config.rope_sections)
-    rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space).view(-1, dim)
-
     out_ids: List[torch.Tensor] = []
     out_features: List[torch.Tensor] = []
     unit_positions = uploaded[h_unit_positions]
