@@ -180,6 +180,24 @@ def print_algorithm_table(ratios: List[float]) -> None:
             )
 
 
+def save_kept_tokens_picture(out: Path, ratio: float = 0.2) -> Path:
+    """A PNG of the tokens the tiny LLaVA-OneVision keeps on the first demo video."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from tango_core.visualize import plot_kept_tokens
+
+    video = build_benchmark(out / "videos")[0]
+    model = load_tango_model(build_models(out / "models")["llava_onevision"], tango=paper_config("llava_onevision", ratio),
+                             dtype=torch.float32, device="cpu", num_frames=16)
+    inputs = model.prepare_inputs(video["video"], video["question"])
+    figure = plot_kept_tokens(inputs.clip.frames, inputs.keep_index, inputs.grid, inputs.stats.segments, max_frames=16,
+                              title=f"DEMO (tiny random model): tokens kept at r = {ratio} on {Path(video['video']).name}")
+    path = out / "kept_tokens.png"
+    figure.savefig(path, dpi=120)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Tango demo sweep on tiny models (not paper numbers).")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
@@ -195,6 +213,7 @@ def main() -> None:
     rows = run_sweep(args.out, ratios, frames={"llava_onevision": 16, "llava_video": 16})
     print_table(rows)
     print(f"\n[demo] per-answer records: {args.out / 'results.jsonl'}")
+    print(f"[demo] picture of the kept tokens: {save_kept_tokens_picture(args.out)}")
 
 
 if __name__ == "__main__":

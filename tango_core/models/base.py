@@ -44,6 +44,7 @@ class TangoStats:
     first layer sees). visual_tokens_after_intra_llm: for LLaVA-Video's intra-LLM stage, the
     visual tokens in layers K and up (None elsewhere). times_ms: per-stage wall times in
     milliseconds (keys such as "vit", "prune", "prefill"), measured with device synchronisation.
+    segments: Tango's temporal segments (frames per segment; None without pruning).
     """
 
     visual_tokens_before: int = 0
@@ -51,6 +52,7 @@ class TangoStats:
     visual_tokens_after_intra_llm: Optional[int] = None
     num_frames: int = 0
     times_ms: Dict[str, float] = field(default_factory=dict)
+    segments: Optional[List[int]] = None
 
 
 @dataclass

@@ -350,6 +350,7 @@ class LlavaTango(TangoVideoLM):
                 features, saliency, grid, timestamps=timestamps, config=self.tango, global_features=head_out.pooled
             )
             keep_index, kept = result.keep_index.to(self.device), result.kept_features.to(features.dtype)
+            stats.segments = result.segments
         else:
             keep_index = torch.arange(num_frames * per_frame, device=self.device)
             kept = features.reshape(num_frames * per_frame, dim)

@@ -648,9 +648,10 @@ class Qwen25VLTango(TangoVideoLM):
             full_length = int(inputs.input_ids.shape[1])
             attention_mask = inputs.attention_mask
             keep_index = torch.arange(video_positions.numel(), device=self.device)
+            segments = None
             if tango is not None:
                 result = tango_prune(features, saliency, grid, times, tango, None)
-                keep_index = result.keep_index.to(self.device)
+                keep_index, segments = result.keep_index.to(self.device), result.segments
                 embeds[0, video_positions[keep_index]] = result.kept_features.to(embeds.device, embeds.dtype)
                 keep = torch.ones(full_length, dtype=torch.bool, device=self.device)
                 keep[video_positions] = False
@@ -663,6 +664,7 @@ class Qwen25VLTango(TangoVideoLM):
             visual_tokens_after=int(keep_index.numel()),
             num_frames=int(inputs.clip.frames.shape[0]),
             times_ms=dict(timer.times_ms),
+            segments=segments,
         )
         return QwenPrefill(
             inputs_embeds=embeds,
