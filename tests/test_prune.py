@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -170,3 +172,26 @@ def test_outputs_are_ordinary_tensors_outside_inference_mode():
     with torch.inference_mode():
         inside = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.3))
     assert torch.equal(inside.keep_index, result.keep_index)
+
+
+def test_fastvid_uses_given_global_features():
+    clip = structured_clip(8, (4, 4), 12, "static", num_scenes=1, seed=4)
+    # Global features that change completely after frame 3 force a cut there (sim < tau).
+    summary = torch.zeros(8, 5)
+    summary[:4, 0] = 1.0
+    summary[4:, 1] = 1.0
+    config = TangoConfig(0.3, segmenter="fastvid", fastvid_cuts=1)
+    with_summary = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config, global_features=summary)
+    assert with_summary.segments == [4, 4]
+    assert tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config).segments == [8]
+
+
+def test_size_buckets_partition_and_bound_padding():
+    from tango_core.prune import _size_buckets
+
+    sizes = np.array([5, 300, 7, 40, 41, 290, 6, 1000])
+    groups = _size_buckets(sizes, slack=2.0, small=0)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(sizes)))
+    for group in groups:
+        padded = len(group) * sizes[group].max() ** 2
+        assert len(group) == 1 or padded <= 2.0 * (sizes[group] ** 2).sum()
