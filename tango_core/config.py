@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Tuple
 
 Segmenter = Literal["holitom", "fastvid"]
@@ -103,9 +103,6 @@ class TangoConfig:
             return float(self.similarity_threshold)
         return 0.65 if self.retention_ratio == 0.1 else 0.8
 
-    def with_ratio(self, retention_ratio: float) -> "TangoConfig":
-        """A copy at another retention ratio (the threshold default follows the new ratio)."""
-        return replace(self, retention_ratio=retention_ratio)
 
 
 def default_rope_sections(dim: int) -> Tuple[int, int, int]:

@@ -189,7 +189,7 @@ class _Upload:
             total += -(-array.nbytes // 8) * 8
         buffer = np.zeros(max(total, 8), dtype=np.uint8)
         for array, offset in zip(self._arrays, offsets):
-            buffer[offset : offset + array.nbytes] = np.frombuffer(array.tobytes(), dtype=np.uint8)
+            buffer[offset : offset + array.nbytes] = array.reshape(-1).view(np.uint8)
         on_device = _to_device(buffer, device)
         out = []
         for array, offset in zip(self._arrays, offsets):
