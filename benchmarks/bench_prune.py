@@ -15,9 +15,11 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,6 +59,46 @@ def topk_baseline(features: torch.Tensor, saliency: torch.Tensor, budget: int) -
     return features.flatten(0, 1)[keep]
 
 
+def _stream(shape: str, videos: int, dim_override, dtype, device) -> dict:
+    """Per-call time over ``videos`` different clips (seeds and regimes), starting from an empty graph cache."""
+    from tango_core.graphs import default_graphs
+
+    frames, grid, dim, ratio, threshold = SHAPES[shape]
+    dim = dim_override or dim
+    config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
+    graphs = default_graphs()
+    graphs.clear()
+    before = (graphs.replays, graphs.captures, graphs.eager_runs)
+    regimes = ("static", "mixed", "dynamic")
+    times = []
+    for index in tqdm(range(videos), desc=f"stream {shape}", file=sys.stderr):
+        clip = structured_clip(frames, grid, dim, regimes[index % 3], 1 + index % 4, 1000 + index, dtype=dtype, device=device)
+        times += _time(lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config), 1, 0, device)
+    return {
+        "shape": shape,
+        "videos": videos,
+        "mean_ms": statistics.mean(times),
+        "median_ms": statistics.median(times),
+        "last_half_mean_ms": statistics.mean(times[videos // 2 :]),
+        "replays": graphs.replays - before[0],
+        "captures": graphs.captures - before[1],
+        "eager_runs": graphs.eager_runs - before[2],
+        "times_ms": times,
+    }
+
+
+def _graph_memory(device: torch.device):
+    """Bytes the graph cache holds (allocated memory freed by clearing it), or None off CUDA."""
+    if device.type != "cuda":
+        return None
+    from tango_core.graphs import clear_cuda_graphs
+
+    torch.cuda.synchronize()
+    held = torch.cuda.memory_allocated(device)
+    clear_cuda_graphs()
+    return held - torch.cuda.memory_allocated(device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -66,6 +108,7 @@ def main() -> None:
     parser.add_argument("--regimes", default="static,mixed,dynamic")
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--dim", type=int, default=None, help="override the feature dimension (e.g. 64 to see launch overhead)")
+    parser.add_argument("--stream", type=int, default=0, help="also time a stream of this many different clips per shape")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -78,10 +121,16 @@ def main() -> None:
         for regime in args.regimes.split(","):
             clip = structured_clip(frames, grid, dim, regime, num_scenes=3, seed=0, dtype=dtype, device=device)
             config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
+            eager_config = replace(config, cuda_graphs=False)
             result = tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)
             kept = result.keep_index.numel()
+            first_ms = _time(lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config), 1, 0, device)
             tango_ms = _time(
                 lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config),
+                args.runs, args.warmup, device,
+            )
+            eager_ms = _time(
+                lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, eager_config),
                 args.runs, args.warmup, device,
             )
             topk_ms = _time(lambda: topk_baseline(clip.features, clip.saliency, kept), args.runs, args.warmup, device)
@@ -98,25 +147,43 @@ def main() -> None:
                     "kept_fraction": kept / (frames * grid[0] * grid[1]),
                     "tango_median_ms": statistics.median(tango_ms),
                     "tango_p90_ms": sorted(tango_ms)[int(0.9 * (len(tango_ms) - 1))],
+                    "second_call_ms": first_ms[0],
+                    "eager_median_ms": statistics.median(eager_ms),
                     "topk_median_ms": statistics.median(topk_ms),
                 }
             )
             print(f"done {shape} {regime}", file=sys.stderr, flush=True)
 
+    streams = [_stream(shape, args.stream, dim_override=args.dim, dtype=dtype, device=device) for shape in args.shapes.split(",")] if args.stream else []
+    graph_bytes = _graph_memory(device)
+
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"\ntango_prune, D={args.dim or 3584}, {args.dtype}, {device_name}, torch {torch.__version__}, median of {args.runs} runs\n")
-    header = f"{'shape':16} {'regime':8} {'segs':>4} {'kept':>6} {'kept %':>7} {'tango ms':>9} {'p90 ms':>8} {'top-k ms':>9}"
+    print(f"\ntango_prune, D={args.dim or 3584}, {args.dtype}, {device_name}, torch {torch.__version__}, median of {args.runs} runs")
+    print("tango: default (CUDA graphs on CUDA); 2nd call: the call that captures the layout graph; eager: cuda_graphs=False\n")
+    header = (
+        f"{'shape':16} {'regime':8} {'segs':>4} {'kept':>6} {'kept %':>7} {'tango ms':>9} {'p90 ms':>8} "
+        f"{'2nd call':>9} {'eager ms':>9} {'top-k ms':>9}"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
             f"{row['shape']:16} {row['regime']:8} {row['segments']:>4} {row['kept']:>6} "
             f"{100 * row['kept_fraction']:>6.2f}% {row['tango_median_ms']:>9.3f} {row['tango_p90_ms']:>8.3f} "
-            f"{row['topk_median_ms']:>9.3f}"
+            f"{row['second_call_ms']:>9.3f} {row['eager_median_ms']:>9.3f} {row['topk_median_ms']:>9.3f}"
         )
+    for stream in streams:
+        print(
+            f"\nstream of {stream['videos']} different {stream['shape']} clips (empty graph cache): "
+            f"mean {stream['mean_ms']:.3f} ms, median {stream['median_ms']:.3f} ms, "
+            f"last half mean {stream['last_half_mean_ms']:.3f} ms; layouts replayed {stream['replays']}, "
+            f"captured {stream['captures']}, run eagerly {stream['eager_runs']}"
+        )
+    if graph_bytes is not None:
+        print(f"\nGPU memory held by the graph cache at the end: {graph_bytes / 2**20:.0f} MiB")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"device": device_name, "dtype": args.dtype, "torch": torch.__version__, "rows": rows}
+        payload = {"device": device_name, "dtype": args.dtype, "torch": torch.__version__, "rows": rows, "streams": streams, "graph_cache_bytes": graph_bytes}
         args.json.write_text(json.dumps(payload, indent=1))
 
 

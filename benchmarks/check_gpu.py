@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,18 @@ def main() -> None:
         arrays = np.load(DATA / f"case{case['idx']:02d}.npz")
         config = TangoConfig(case["r"], segmenter=case["seg"], similarity_threshold=case["tau"],
                              context_ratio=case["ctx"], sink_positions=tuple(case["sink"]))
-        result = tango_prune(torch.from_numpy(arrays["feats"]).to(device), torch.from_numpy(arrays["sal"]).to(device),
-                             (case["H"], case["W"]), torch.from_numpy(arrays["ts"]).to(device), config)
-        keep = result.keep_index.cpu().numpy()
-        same = keep.shape == arrays["keep"].shape and bool((keep == arrays["keep"]).all())
-        error = float(np.abs(result.kept_features.cpu().numpy() - arrays["kept_feats"]).max()) if same else float("nan")
-        failures += not same
-        print(f"fidelity case{case['idx']:02d} on CUDA: keep {'identical' if same else 'DIFFERENT'}, max feature error {error:.2e}")
+        inputs = (torch.from_numpy(arrays["feats"]).to(device), torch.from_numpy(arrays["sal"]).to(device),
+                  (case["H"], case["W"]), torch.from_numpy(arrays["ts"]).to(device))
+        # Calls 1-3 with graphs: eager on padded tables, capture, replay; then without graphs.
+        for label, run_config in (("graphs call 1", config), ("graphs call 2", config), ("graphs call 3", config),
+                                  ("eager", replace(config, cuda_graphs=False))):
+            result = tango_prune(*inputs, run_config)
+            keep = result.keep_index.cpu().numpy()
+            same = keep.shape == arrays["keep"].shape and bool((keep == arrays["keep"]).all())
+            error = float(np.abs(result.kept_features.cpu().numpy() - arrays["kept_feats"]).max()) if same else float("nan")
+            failures += not same
+            print(f"fidelity case{case['idx']:02d} on CUDA, {label}: keep {'identical' if same else 'DIFFERENT'}, "
+                  f"max feature error {error:.2e}")
 
     for regime in ("static", "mixed", "dynamic"):
         clip = structured_clip(32, (14, 14), 3584, regime, num_scenes=3, seed=1)
@@ -44,6 +50,15 @@ def main() -> None:
                           TangoConfig(0.1))
         a, b = set(cpu.keep_index.tolist()), set(gpu.keep_index.cpu().tolist())
         print(f"CPU vs CUDA, {regime:7} clip D=3584: {len(a)} vs {len(b)} kept, {len(a ^ b)} differ")
+        cuda_inputs = (clip.features.to(device), clip.saliency.to(device), clip.grid, clip.timestamps.to(device))
+        for _ in range(2):  # the second call captures, the third replays
+            tango_prune(*cuda_inputs, TangoConfig(0.1))
+        graphed = tango_prune(*cuda_inputs, TangoConfig(0.1))
+        eager = tango_prune(*cuda_inputs, TangoConfig(0.1, cuda_graphs=False))
+        same = torch.equal(graphed.keep_index, eager.keep_index)
+        error = (graphed.kept_features.float() - eager.kept_features.float()).abs().max().item() if same else float("nan")
+        print(f"CUDA graphs vs eager, {regime:7} clip: keep {'identical' if same else 'DIFFERENT'}, max feature error {error:.2e}")
+        failures += not same
 
     gen = torch.Generator(device=device).manual_seed(0)
     points = torch.nn.functional.normalize(torch.randn(8, 400, 3584, device=device, generator=gen), dim=-1)

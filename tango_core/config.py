@@ -33,6 +33,10 @@ class TangoConfig:
 
     ``own_anchor_merge=True`` writes each merged context feature at its own anchor; the default
     ``False`` reproduces the reference's pairing of merged features with anchors (spec 4.5).
+
+    ``cuda_graphs=True`` (execution only) replays the device stages of CUDA inputs as CUDA graphs
+    (:mod:`tango_core.graphs`): same results, far fewer kernel launches, some GPU memory held by
+    the graphs. ``False`` runs them eagerly. No effect on CPU.
     """
 
     retention_ratio: float = 0.1
@@ -50,6 +54,7 @@ class TangoConfig:
     fastvid_cuts: int = 8
     exact_budget: bool = False
     own_anchor_merge: bool = False
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         r = self.retention_ratio

@@ -34,10 +34,16 @@ class ProblemTables:
     keep_all: torch.Tensor
 
 
-def problem_arrays(sizes: np.ndarray, centres: np.ndarray, num_neighbors: int) -> dict:
-    """numpy arrays of :class:`ProblemTables` for problems of ``sizes`` points and ``centres`` centres."""
-    width = int(sizes.max())
-    most = int(centres.max())
+def problem_arrays(
+    sizes: np.ndarray, centres: np.ndarray, num_neighbors: int, width: int | None = None, most: int | None = None
+) -> dict:
+    """numpy arrays of :class:`ProblemTables` for problems of ``sizes`` points and ``centres`` centres.
+
+    ``width`` / ``most``: padded point and centre counts (default: the largest of each). Problems of
+    size 0 are padding: no valid points, no valid centres.
+    """
+    width = int(sizes.max()) if width is None else int(width)
+    most = int(centres.max()) if most is None else int(most)
     valid = np.arange(width)[None, :] < sizes[:, None]
     centre_valid = np.arange(most)[None, :] < centres[:, None]
     used = np.minimum(num_neighbors + 1, sizes) - 1

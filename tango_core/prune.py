@@ -1,11 +1,10 @@
 """The Tango pre-LLM pipeline (spec section 4): ``tango_prune``.
 
-Device work happens in three batched phases with a single device-to-host transfer after the
-first (similarities, validity flags); every later size is fixed by the host-side plan.
-
-1. statistics: consecutive-frame similarities, static run lengths, input checks;
-2. salient selection of every unit at once (one padded DPC-KNN batch);
-3. context merging of every pool, batched by pool size.
+The stages (:mod:`tango_core.stages`) run on the device with one device-to-host transfer after
+the first (similarities, value checks); the host then segments and plans, and every later size is
+fixed by the plan (:mod:`tango_core.layout`). On CUDA the device stages are replayed as CUDA
+graphs by default (:mod:`tango_core.graphs`); elsewhere, or with ``cuda_graphs=False``, they run
+eagerly.
 """
 
 from __future__ import annotations
@@ -15,20 +14,16 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.profiler import record_function
 
-from .budget import BudgetPlan, build_plan
 from .config import TangoConfig, resolve_rope_sections
-from .dpc import ProblemTables, merge_into_anchors, problem_arrays, select_diverse_salient
-from .rope import rotate_unit_features
-from .segmentation import (
-    consecutive_frame_similarity,
-    consecutive_token_similarity,
-    fastvid_segments,
-    holitom_segments,
-    holitom_window_values,
-    run_lengths,
+from .layout import DeviceLayout, SizeFn, build_layout, exact_size, pack, packed_size, unpack
+from .stages import (
+    layout_stage,
+    plan_from_segments,
+    raise_on_bad_values,
+    rope_stage,
+    segments_from_statistics,
+    statistics_stage,
 )
 
 
@@ -52,6 +47,7 @@ def _validate(
     global_features: Optional[torch.Tensor],
     config: TangoConfig,
 ) -> Tuple[int, int]:
+    """Check every input; returns the grid as (H, W) ints."""
     if not isinstance(features, torch.Tensor) or features.dim() != 3:
         raise ValueError(
             f"features must be a tensor of shape (N, L, D) (frames, tokens per frame, channels), got "
@@ -100,134 +96,6 @@ def _validate(
     return height, width
 
 
-def _raise_on_bad_values(summary: np.ndarray) -> None:
-    """summary: sums of the unit features, saliency and timestamps, and the smallest saliency."""
-    unit_sum, saliency_sum, saliency_min, times_sum = summary
-    features_finite, saliency_finite, times_finite = np.isfinite([unit_sum, saliency_sum, times_sum])
-    saliency_nonnegative = saliency_min >= 0
-    if not features_finite:
-        raise ValueError("features contain NaN or infinite values; check the vision encoder's output and its dtype.")
-    if not saliency_finite:
-        raise ValueError("saliency contains NaN or infinite values; check the attention weights fed to Tango.")
-    if not saliency_nonnegative:
-        raise ValueError("saliency must be non-negative (attention weights); got negative values.")
-    if not times_finite:
-        raise ValueError("timestamps contain NaN or infinite values; pass frame times in seconds.")
-
-
-def _segment_and_check(
-    features: torch.Tensor,
-    unit: torch.Tensor,
-    saliency: torch.Tensor,
-    timestamps: torch.Tensor,
-    global_features: Optional[torch.Tensor],
-    config: TangoConfig,
-) -> Tuple[List[int], np.ndarray]:
-    """Segment lengths and (N-1, L) static run lengths, after one device-to-host transfer."""
-    num_frames, num_tokens, _ = features.shape
-    threshold = config.resolved_similarity_threshold()
-    # NaN and inf propagate into these sums (unit vectors cannot overflow them): one reduction each.
-    packed = [torch.stack((unit.sum(), saliency.sum(), saliency.amin(), timestamps.sum()))]
-    if num_frames > 1:
-        token_similarity = consecutive_token_similarity(unit)
-        packed.append((token_similarity > config.static_threshold).flatten())
-        if config.segmenter == "holitom":
-            packed.append((token_similarity > threshold).flatten())
-        else:
-            summary = global_features if global_features is not None else features.float().mean(dim=1)
-            frame_similarity = consecutive_frame_similarity(summary)
-            packed += [frame_similarity, frame_similarity < threshold]
-    host = torch.cat(packed).cpu().numpy()  # bool parts are promoted to float32
-    _raise_on_bad_values(host[:4])
-    if num_frames == 1:
-        return [1], np.zeros((0, num_tokens), dtype=np.int64)
-    pairs = (num_frames - 1) * num_tokens
-    static_runs = run_lengths(host[4 : 4 + pairs].reshape(num_frames - 1, num_tokens) > 0.5)
-    rest = host[4 + pairs :]
-    if config.segmenter == "holitom":
-        values = holitom_window_values(run_lengths(rest.reshape(num_frames - 1, num_tokens) > 0.5))
-        return holitom_segments(values), static_runs
-    return fastvid_segments(rest[: num_frames - 1], rest[num_frames - 1 :] > 0.5, config.fastvid_cuts), static_runs
-
-
-def _static_positions(static_runs: np.ndarray, segment_lengths: List[int], num_tokens: int) -> np.ndarray:
-    """(G, L) bool: position static across every consecutive pair of the segment (n >= 2)."""
-    starts = np.concatenate(([0], np.cumsum(segment_lengths)[:-1])).astype(np.int64)
-    lengths = np.asarray(segment_lengths, dtype=np.int64)
-    padded = np.concatenate((static_runs, np.zeros((1, num_tokens), dtype=np.int64)))
-    return (lengths[:, None] >= 2) & (padded[starts] >= (lengths - 1)[:, None])
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Copy a host array to ``device`` without waiting for queued device work (pinned staging)."""
-    tensor = torch.from_numpy(array)
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
-class _Upload:
-    """Collects host arrays of any dtype and moves them to the device in one copy.
-
-    Arrays are packed into one byte buffer at 8-byte alignment and come back as typed views.
-    """
-
-    def __init__(self) -> None:
-        self._arrays: List[np.ndarray] = []
-
-    def add(self, array: np.ndarray) -> int:
-        self._arrays.append(np.ascontiguousarray(array))
-        return len(self._arrays) - 1
-
-    def add_tables(self, arrays: dict) -> dict:
-        return {name: self.add(array) for name, array in arrays.items()}
-
-    def upload(self, device: torch.device) -> List[torch.Tensor]:
-        offsets, total = [], 0
-        for array in self._arrays:
-            offsets.append(total)
-            total += -(-array.nbytes // 8) * 8
-        buffer = np.zeros(max(total, 8), dtype=np.uint8)
-        for array, offset in zip(self._arrays, offsets):
-            buffer[offset : offset + array.nbytes] = array.reshape(-1).view(np.uint8)
-        on_device = _to_device(buffer, device)
-        out = []
-        for array, offset in zip(self._arrays, offsets):
-            dtype = torch.bool if array.dtype == np.bool_ else torch.from_numpy(array[:0]).dtype
-            typed = on_device[offset : offset + array.nbytes].view(dtype)
-            out.append(typed if array.ndim == 1 else typed.view(array.shape))
-        return out
-
-
-def _tables(uploaded: List[torch.Tensor], handles: dict) -> ProblemTables:
-    return ProblemTables(**{name: uploaded[index] for name, index in handles.items()})
-
-
-def _size_buckets(sizes: np.ndarray, slack: float, small: int) -> List[np.ndarray]:
-    """Group problems (by index into ``sizes``) into padded batches.
-
-    Problems are taken in ascending size; the next one joins the current group while the group's
-    padded distance matrices (count * max_size**2) stay within ``slack`` times their true size,
-    or below ``small`` elements. Few groups mean few kernel launches; bounded padding keeps memory
-    and work close to the unpadded problems.
-    """
-    if len(sizes) == 0:
-        return []
-    order = np.argsort(sizes, kind="stable")
-    groups: List[List[int]] = [[int(order[0])]]
-    true_cost = float(sizes[order[0]]) ** 2
-    for index in order[1:]:
-        size = float(sizes[index])
-        padded = (len(groups[-1]) + 1) * size * size  # ascending: this one is the new maximum
-        if padded <= slack * (true_cost + size * size) or padded <= small:
-            groups[-1].append(int(index))
-            true_cost += size * size
-        else:
-            groups.append([int(index)])
-            true_cost = size * size
-    return [np.asarray(sorted(group), dtype=np.int64) for group in groups]
-
-
 def tango_prune(
     features: torch.Tensor,
     saliency: torch.Tensor,
@@ -246,178 +114,103 @@ def tango_prune(
     Inputs are not modified. ``retention_ratio == 1.0`` returns every token unchanged.
     """
     config = config if config is not None else TangoConfig()
-    _validate(features, saliency, grid, timestamps, global_features, config)
+    grid = _validate(features, saliency, grid, timestamps, global_features, config)
     # Inference mode skips autograd's per-operation bookkeeping: the pipeline is launch-bound, so
     # this is a large share of its host time. Outputs are cloned out of it as ordinary tensors.
     with torch.inference_mode():
-        result = _prune(features, saliency, grid, timestamps, config, global_features)
+        if features.is_cuda and config.cuda_graphs:
+            from .graphs import default_graphs
+
+            result = default_graphs().prune(features, saliency, grid, timestamps, config, global_features)
+        else:
+            result = _prune_eager(features, saliency, grid, timestamps, config, global_features)
     if torch.is_inference_mode_enabled():
         return result
     return TangoResult(result.keep_index.clone(), result.kept_features.clone(), result.segments)
 
 
-def _prune(
+def frame_times(timestamps: Optional[torch.Tensor], num_frames: int, device: torch.device) -> torch.Tensor:
+    """(N,) float32 frame times: ``timestamps``, or the frame index."""
+    if timestamps is None:
+        return torch.arange(num_frames, device=device, dtype=torch.float32)
+    return timestamps.to(dtype=torch.float32)
+
+
+def sink_tensor(config: TangoConfig, device: torch.device) -> Optional[torch.Tensor]:
+    """The sink positions as a device tensor, or None."""
+    if not config.sink_positions:
+        return None
+    return torch.tensor(config.sink_positions, dtype=torch.int64).to(device)
+
+
+class HostCopy:
+    """A device tensor's copy on the host, started without waiting for queued work."""
+
+    def __init__(self, tensor: torch.Tensor, pinned: Optional[torch.Tensor] = None) -> None:
+        self._event = None
+        if not tensor.is_cuda:
+            self._host = tensor
+            return
+        self._host = pinned if pinned is not None else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        self._host.copy_(tensor, non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+
+    def wait(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
+
+
+def upload_layout(layout: DeviceLayout, device: torch.device) -> torch.Tensor:
+    """The layout's tables in one uint8 buffer on ``device``, copied without waiting for queued work."""
+    if device.type != "cuda":
+        buffer = np.zeros(packed_size(layout.spec), dtype=np.uint8)
+        pack(layout.arrays, buffer)
+        return torch.from_numpy(buffer).to(device)
+    staging = torch.empty(packed_size(layout.spec), dtype=torch.uint8, pin_memory=True)
+    pack(layout.arrays, staging.numpy())
+    return staging.to(device, non_blocking=True)
+
+
+def identity_result(features: torch.Tensor, segments: List[int]) -> TangoResult:
+    """Every token, unchanged (``retention_ratio == 1.0``)."""
+    num_frames, num_tokens, dim = features.shape
+    keep = torch.arange(num_frames * num_tokens, device=features.device)
+    return TangoResult(keep_index=keep, kept_features=features.reshape(-1, dim), segments=segments)
+
+
+def _prune_eager(
     features: torch.Tensor,
     saliency: torch.Tensor,
     grid: Tuple[int, int],
     timestamps: Optional[torch.Tensor],
     config: TangoConfig,
     global_features: Optional[torch.Tensor],
+    size_fn: SizeFn = exact_size,
 ) -> TangoResult:
-    """:func:`tango_prune` after validation of shapes."""
-    num_frames, num_tokens, dim = features.shape
-    device = features.device
-    times = (
-        torch.arange(num_frames, device=device, dtype=torch.float32)
-        if timestamps is None
-        else timestamps.to(dtype=torch.float32)
-    )
-    saliency = saliency.float()
-    if config.sink_positions:
-        sinks = _to_device(np.asarray(config.sink_positions, dtype=np.int64), device)
-        saliency = saliency.index_fill(1, sinks, 0.0)
+    """:func:`tango_prune` after validation, running every stage eagerly.
 
-    with record_function("tango.segment"):
-        features32 = features.float().contiguous()
-        unit = F.normalize(features32, dim=-1)
-        segment_lengths, static_runs = _segment_and_check(features32, unit, saliency, times, global_features, config)
-    if config.retention_ratio >= 1.0:
-        return TangoResult(
-            keep_index=torch.arange(num_frames * num_tokens, device=device),
-            kept_features=features.reshape(num_frames * num_tokens, dim),
-            segments=segment_lengths,
-        )
-
-    # Queued before the host plans, so that the device computes it meanwhile.
-    sections = resolve_rope_sections(dim, config.rope_sections)
-    rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
-    with record_function("tango.plan"):
-        static = _static_positions(static_runs, segment_lengths, num_tokens)
-        plan = build_plan(static, segment_lengths, config)
-    keep_index, kept = _execute(plan, features32, rope.view(-1, dim), saliency, config)
-    return TangoResult(keep_index=keep_index, kept_features=kept.to(features.dtype), segments=segment_lengths)
-
-
-def _execute(
-    plan: BudgetPlan,
-    features: torch.Tensor,
-    rope: torch.Tensor,
-    saliency: torch.Tensor,
-    config: TangoConfig,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run the device phases of a plan. Returns sorted flat indices (K,) and float32 features (K, D).
-
-    features: (N, L, D) float32; rope: (N * L, D) their ST-RoPE clustering features.
+    ``size_fn`` pads the layout (default: no padding; the graph path pads with ``bucket_size``).
     """
     num_frames, num_tokens, dim = features.shape
     device = features.device
-    num_virtual = len(plan.virtual_segment)
-    k = config.num_neighbors
-
-    # Extended frames: the N real frames, then one virtual (static pseudo-) frame per segment with
-    # static positions. Its tokens land on, and cluster with the ST-RoPE of, the segment's first frame.
-    out_frame = np.concatenate((np.arange(num_frames), plan.segment_start[plan.virtual_segment]))
-    averaging = np.zeros((num_virtual, num_frames), dtype=np.float32)
-    for row, segment in enumerate(plan.virtual_segment):
-        start, length = plan.segment_start[segment], plan.segment_length[segment]
-        averaging[row, start : start + length] = 1.0 / length
-
-    upload = _Upload()
-    h_averaging = upload.add(averaging)
-    # Token id of extended frame e, position l: e * L + l; its output (and ST-RoPE) row:
-    # out_frame[e] * L + l = id + out_shift[e].
-    h_out_shift = upload.add((out_frame - np.arange(len(out_frame))) * num_tokens)
-
-    # Phase 2 tables: units with k' > 0, in one padded batch (candidate sets are small, so padding
-    # costs less than the launches of more batches).
-    salient_units = np.flatnonzero(plan.unit_salient > 0)
-    if len(salient_units):
-        picks, candidates = plan.unit_salient[salient_units], plan.unit_candidates[salient_units]
-        h_salient_tables = upload.add_tables(problem_arrays(candidates, picks, k))
-        h_salient_units = upload.add(salient_units)
-        h_salient_rows = upload.add(plan.unit_frame[salient_units, None] * num_tokens)
-        h_salient_rope = upload.add(out_frame[plan.unit_frame[salient_units], None] * num_tokens)
-        h_salient_excluded = upload.add(~plan.unit_positions[salient_units])
-        h_salient_slots = upload.add(np.flatnonzero(np.arange(picks.max())[None, :] < picks[:, None]))
-
-    # Phase 3 tables: pools laid end to end in unit order (the units of a pool are contiguous).
-    pool_offset = np.concatenate(([0], np.cumsum(plan.pool_size)[:-1])).astype(np.int64)
-    total_pool = int(plan.pool_size.sum())
-    h_unit_positions = upload.add(plan.unit_positions)
-    h_pool_shift = upload.add(((plan.unit_frame - np.arange(len(plan.unit_frame))) * num_tokens)[:, None])
-    whole = np.flatnonzero((plan.pool_budget >= plan.pool_size) & (plan.pool_size > 0))
-    h_whole = upload.add(
-        np.concatenate([np.arange(pool_offset[j], pool_offset[j] + plan.pool_size[j]) for j in whole])
-        if len(whole)
-        else np.zeros(0, np.int64)
+    times = frame_times(timestamps, num_frames, device)
+    statistics, features32, unit, saliency32, times32 = statistics_stage(
+        features, saliency, times, global_features, sink_tensor(config, device), config
     )
-    merged_pools = np.flatnonzero((plan.pool_budget > 0) & (plan.pool_budget < plan.pool_size))
-    groups = []
-    for group in _size_buckets(plan.pool_size[merged_pools], slack=4.0, small=1 << 22):
-        pools = merged_pools[group]
-        sizes, anchors = plan.pool_size[pools], plan.pool_budget[pools]
-        members = pool_offset[pools][:, None] + np.minimum(np.arange(sizes.max())[None, :], sizes[:, None] - 1)
-        slots = np.flatnonzero(np.arange(anchors.max())[None, :] < anchors[:, None])
-        groups.append((upload.add_tables(problem_arrays(sizes, anchors, k)), upload.add(members), upload.add(slots)))
-    uploaded = upload.upload(device)
-    out_shift = uploaded[h_out_shift]
-
-    # Virtual frames: segment means of features and saliency (float32).
-    averaging_t = uploaded[h_averaging]
-    ext_saliency = torch.cat((saliency, averaging_t @ saliency))
-    mean_features = (averaging_t @ features.view(num_frames, num_tokens * dim)).view(-1, dim)
-    # Materialised tables cost bandwidth the GPU has to spare; gathers from them are one launch each.
-    ext_features = torch.cat((features.view(num_frames * num_tokens, dim), mean_features))
-    out_ids: List[torch.Tensor] = []
-    out_features: List[torch.Tensor] = []
-    unit_positions = uploaded[h_unit_positions]
-
-    with record_function("tango.salient"):
-        # Phase 2: salient selection of every unit with k' > 0.
-        selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=device)
-        if len(salient_units):
-            tables = _tables(uploaded, h_salient_tables)
-            unit_rows = uploaded[h_salient_rows]  # (U', 1) first token id of each unit's frame
-            ranked_saliency = ext_saliency.index_select(0, unit_rows.view(-1) // num_tokens)
-            ranked_saliency.masked_fill_(uploaded[h_salient_excluded], float("-inf"))
-            ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
-            ranked = ranked[:, : tables.valid.shape[1]]  # candidates, most salient first
-            candidate_rope = rope.index_select(0, (ranked + uploaded[h_salient_rope]).view(-1)).view(*ranked.shape, dim)
-            positions = ranked.gather(1, select_diverse_salient(candidate_rope, tables, k))  # (U', A)
-            chosen = positions.masked_fill(tables.centre_invalid, num_tokens)  # invalid: spare column
-            picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
-            selected.index_copy_(0, uploaded[h_salient_units], picked)
-            salient_ids = (positions + unit_rows).view(-1).index_select(0, uploaded[h_salient_slots])
-            out_ids.append(salient_ids)
-            out_features.append(ext_features.index_select(0, salient_ids))
-        in_pool = unit_positions & ~selected[:, :num_tokens]
-
-    with record_function("tango.merge"):
-        # Phase 3: context pools: kept whole, or merged into anchors in a few padded batches.
-        if total_pool:
-            entries = torch.nonzero_static(in_pool.view(-1), size=total_pool).view(-1)
-            pool_ids = entries + uploaded[h_pool_shift].view(-1).index_select(0, entries // num_tokens)
-            whole_ids = pool_ids.index_select(0, uploaded[h_whole])
-            out_ids.append(whole_ids)
-            out_features.append(ext_features.index_select(0, whole_ids))
-            for handles, h_members, h_slots in groups:
-                tables = _tables(uploaded, handles)
-                member_slots = uploaded[h_members]
-                flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
-                members = flat_members.view(member_slots.shape)
-                rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
-                slots, merged = merge_into_anchors(
-                    rope.index_select(0, rope_rows).view(*members.shape, dim),
-                    ext_features.index_select(0, flat_members).view(*members.shape, dim),
-                    tables,
-                    k,
-                    config.beta,
-                    config.own_anchor_merge,
-                )
-                valid_slots = uploaded[h_slots]
-                out_ids.append(members.gather(1, slots).view(-1).index_select(0, valid_slots))
-                out_features.append(merged.view(-1, dim).index_select(0, valid_slots))
-
-    ext_ids = torch.cat(out_ids)
-    keep_index, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))
-    return keep_index, torch.cat(out_features).index_select(0, order)
+    copy = HostCopy(statistics)
+    pruning = config.retention_ratio < 1.0
+    if pruning:  # queued while the statistics travel and the host plans
+        rope = rope_stage(unit, times32, grid, resolve_rope_sections(dim, config.rope_sections), config)
+    host = copy.wait()
+    raise_on_bad_values(host)
+    segments, static_runs = segments_from_statistics(host, num_frames, num_tokens, config)
+    if not pruning:
+        return identity_result(features, segments)
+    plan = plan_from_segments(static_runs, segments, num_tokens, config)
+    layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, size_fn)
+    tables = unpack(upload_layout(layout, device), layout.spec)
+    keep, kept = layout_stage(tables, dict(layout.dims), features32, saliency32, rope, config)
+    count = layout.num_kept
+    return TangoResult(keep_index=keep[:count], kept_features=kept[:count].to(features.dtype), segments=segments)

@@ -53,8 +53,8 @@ def holitom_window_values(runs: np.ndarray) -> np.ndarray:
     if num_frames == 1:
         return values
     # histogram[s, j] = number of positions whose run from pair s has length exactly j.
-    histogram = np.zeros((num_frames - 1, num_frames), dtype=np.int64)
-    np.add.at(histogram, (np.repeat(np.arange(num_frames - 1), runs.shape[1]), runs.ravel()), 1)
+    flat = (np.arange(num_frames - 1)[:, None] * num_frames + runs).ravel()
+    histogram = np.bincount(flat, minlength=(num_frames - 1) * num_frames).reshape(num_frames - 1, num_frames)
     at_least = np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]  # at_least[s, j]: runs >= j
     length = np.arange(num_frames)[None, :] - np.arange(num_frames - 1)[:, None]  # e - s
     valid = (length >= 1) & (length <= HOLITOM_MAX_WINDOW - 1)
@@ -64,28 +64,32 @@ def holitom_window_values(runs: np.ndarray) -> np.ndarray:
 
 
 def holitom_segments(values: np.ndarray) -> List[int]:
-    """Dynamic programme of spec 4.1 on the host. values: (N, N) window values -> segment lengths."""
+    """Dynamic programme of spec 4.1 on the host. values: (N, N) window values -> segment lengths.
+
+    best(i) = max(best(i-1), max over s < i of best(s-1) + value[s, i]), candidates taken from the
+    largest s down (window sizes 2, 3, ...), the first strict maximum winning.
+    """
     num_frames = values.shape[0]
-    best = np.zeros(num_frames + 1, dtype=np.int64)  # best[i + 1] = best(i); best[0] = best(-1) = 0
-    start = np.zeros(num_frames, dtype=np.int64)
-    for i in range(num_frames):
-        best[i + 1] = best[i]
-        start[i] = i
+    columns = np.ascontiguousarray(values.T)  # columns[i, s] = value[s, i]
+    best = [0] * (num_frames + 1)  # best[i + 1] = best(i); best[0] = best(-1) = 0
+    best_array = np.zeros(num_frames + 1, dtype=np.int64)
+    start = list(range(num_frames))
+    for i in range(1, num_frames):
         lowest = max(0, i - HOLITOM_MAX_WINDOW + 1)
-        if i == 0 or lowest > i - 1:
-            continue
-        # Window starts from i-1 down to `lowest` (window sizes 2, 3, ...); first strict max wins.
-        starts = np.arange(i - 1, lowest - 1, -1)
-        totals = best[starts] + values[starts, i]
-        pick = int(np.argmax(totals))
-        if totals[pick] > best[i + 1]:
-            best[i + 1] = totals[pick]
-            start[i] = starts[pick]
+        # totals[j] for s = i - 1 - j (descending s); argmax returns the first maximum.
+        totals = (best_array[lowest:i] + columns[i, lowest:i])[::-1]
+        pick = int(totals.argmax())
+        top = int(totals[pick])
+        best[i + 1] = best[i]
+        if top > best[i]:
+            best[i + 1] = top
+            start[i] = i - 1 - pick
+        best_array[i + 1] = best[i + 1]
     lengths: List[int] = []
     end = num_frames - 1
     while end >= 0:
-        lengths.append(int(end - start[end] + 1))
-        end = int(start[end]) - 1
+        lengths.append(end - start[end] + 1)
+        end = start[end] - 1
     return lengths[::-1]
 
 

@@ -183,14 +183,3 @@ def test_fastvid_uses_given_global_features():
     with_summary = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config, global_features=summary)
     assert with_summary.segments == [4, 4]
     assert tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config).segments == [8]
-
-
-def test_size_buckets_partition_and_bound_padding():
-    from tango_core.prune import _size_buckets
-
-    sizes = np.array([5, 300, 7, 40, 41, 290, 6, 1000])
-    groups = _size_buckets(sizes, slack=2.0, small=0)
-    assert sorted(np.concatenate(groups).tolist()) == list(range(len(sizes)))
-    for group in groups:
-        padded = len(group) * sizes[group].max() ** 2
-        assert len(group) == 1 or padded <= 2.0 * (sizes[group] ** 2).sum()

@@ -1,0 +1,211 @@
+"""The stages of the Tango pre-LLM pipeline (spec section 4), as functions of tensors.
+
+Device stages have shapes fixed by their inputs alone, so they can be captured as CUDA graphs:
+
+1. :func:`statistics_stage`: float32 features, unit features, saliency with sinks zeroed, the
+   consecutive-frame comparisons that segmentation needs, and sums that reveal bad values;
+2. :func:`rope_stage`: ST-RoPE clustering features;
+3. :func:`layout_stage`: salient selection and context merging of a whole plan, from the padded
+   tables of a :class:`~tango_core.layout.DeviceLayout`.
+
+Between 1 and 3 the host reads the statistics once (the pipeline's only synchronisation) and
+plans: :func:`segments_from_statistics`, :func:`plan_from_segments`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .budget import BudgetPlan, build_plan
+from .config import TangoConfig
+from .dpc import ProblemTables, merge_into_anchors, select_diverse_salient
+from .rope import rotate_unit_features
+from .segmentation import (
+    consecutive_frame_similarity,
+    consecutive_token_similarity,
+    fastvid_segments,
+    holitom_segments,
+    holitom_window_values,
+    run_lengths,
+)
+
+NUM_VALUE_CHECKS = 4
+
+
+def statistics_stage(
+    features: torch.Tensor,
+    saliency: torch.Tensor,
+    times: torch.Tensor,
+    global_features: Optional[torch.Tensor],
+    sinks: Optional[torch.Tensor],
+    config: TangoConfig,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """features (N, L, D), saliency (N, L), times (N,), global_features (N, D') or None,
+    sinks (S,) int64 positions or None.
+
+    Returns ``(statistics, features32, unit, saliency32, times32)``: a float32 vector for the host
+    (:func:`segments_from_statistics` reads it), features (N, L, D) and their l2-normalised unit
+    vectors in float32, saliency (N, L) float32 with sinks zeroed, times (N,) float32.
+    """
+    num_frames = features.shape[0]
+    features32 = features.float().contiguous()
+    unit = F.normalize(features32, dim=-1)
+    saliency32 = saliency.float()
+    if sinks is not None:
+        saliency32 = saliency32.index_fill(1, sinks, 0.0)
+    times32 = times.float()
+    # NaN and inf propagate into these sums (unit vectors cannot overflow them): one reduction each.
+    packed = [torch.stack((unit.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
+    if num_frames > 1:
+        threshold = config.resolved_similarity_threshold()
+        token_similarity = consecutive_token_similarity(unit)
+        packed.append((token_similarity > config.static_threshold).flatten())
+        if config.segmenter == "holitom":
+            packed.append((token_similarity > threshold).flatten())
+        else:
+            summary = global_features if global_features is not None else features32.mean(dim=1)
+            frame_similarity = consecutive_frame_similarity(summary)
+            packed += [frame_similarity, frame_similarity < threshold]
+    return torch.cat(packed), features32, unit, saliency32, times32  # bool parts become float32
+
+
+def raise_on_bad_values(statistics: np.ndarray) -> None:
+    """statistics: the host copy of :func:`statistics_stage`'s first output."""
+    unit_sum, saliency_sum, saliency_min, times_sum = statistics[:NUM_VALUE_CHECKS]
+    features_finite, saliency_finite, times_finite = np.isfinite([unit_sum, saliency_sum, times_sum])
+    if not features_finite:
+        raise ValueError("features contain NaN or infinite values; check the vision encoder's output and its dtype.")
+    if not saliency_finite:
+        raise ValueError("saliency contains NaN or infinite values; check the attention weights fed to Tango.")
+    if not saliency_min >= 0:
+        raise ValueError("saliency must be non-negative (attention weights); got negative values.")
+    if not times_finite:
+        raise ValueError("timestamps contain NaN or infinite values; pass frame times in seconds.")
+
+
+def segments_from_statistics(
+    statistics: np.ndarray, num_frames: int, num_tokens: int, config: TangoConfig
+) -> Tuple[List[int], np.ndarray]:
+    """Segment lengths and (N-1, L) static run lengths from the host copy of the statistics."""
+    if num_frames == 1:
+        return [1], np.zeros((0, num_tokens), dtype=np.int64)
+    pairs = (num_frames - 1) * num_tokens
+    comparisons = statistics[NUM_VALUE_CHECKS:]
+    static_runs = run_lengths(comparisons[:pairs].reshape(num_frames - 1, num_tokens) > 0.5)
+    rest = comparisons[pairs:]
+    if config.segmenter == "holitom":
+        values = holitom_window_values(run_lengths(rest.reshape(num_frames - 1, num_tokens) > 0.5))
+        return holitom_segments(values), static_runs
+    cuts = config.fastvid_cuts
+    return fastvid_segments(rest[: num_frames - 1], rest[num_frames - 1 :] > 0.5, cuts), static_runs
+
+
+def static_positions(static_runs: np.ndarray, segment_lengths: List[int], num_tokens: int) -> np.ndarray:
+    """(G, L) bool: position static across every consecutive pair of the segment (n >= 2)."""
+    lengths = np.asarray(segment_lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    padded = np.concatenate((static_runs, np.zeros((1, num_tokens), dtype=np.int64)))
+    return (lengths[:, None] >= 2) & (padded[starts] >= (lengths - 1)[:, None])
+
+
+def plan_from_segments(
+    static_runs: np.ndarray, segment_lengths: List[int], num_tokens: int, config: TangoConfig
+) -> BudgetPlan:
+    """The budget plan (spec 4.2-4.3) of a segmented clip."""
+    return build_plan(static_positions(static_runs, segment_lengths, num_tokens), segment_lengths, config)
+
+
+def rope_stage(
+    unit: torch.Tensor, times: torch.Tensor, grid: Tuple[int, int], sections: Tuple[int, int, int], config: TangoConfig
+) -> torch.Tensor:
+    """ST-RoPE of unit features (N, L, D) at frame times (N,): (N * L, D) float32."""
+    rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
+    return rope.view(-1, unit.shape[-1])
+
+
+def _problem_tables(tables: Dict[str, torch.Tensor], prefix: str) -> ProblemTables:
+    fields = ("valid", "invalid", "centre_valid", "centre_invalid", "neg_inv_neighbours", "keep_all")
+    return ProblemTables(**{name: tables[f"{prefix}.{name}"] for name in fields})
+
+
+def layout_stage(
+    tables: Dict[str, torch.Tensor],
+    dims: Dict[str, int],
+    features: torch.Tensor,
+    saliency: torch.Tensor,
+    rope: torch.Tensor,
+    config: TangoConfig,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Salient selection and context merging of one plan (spec 4.4-4.6).
+
+    tables: the device copies of a :class:`~tango_core.layout.DeviceLayout`'s arrays; dims: its
+    dims. features (N, L, D) and saliency (N, L) float32; rope (N * L, D) ST-RoPE features.
+    Returns ``(keep, kept)``: (T,) int64 output token ids, ascending, and (T, D) float32 features,
+    T >= K; the first ``layout.num_kept`` entries are the result, the rest are padding.
+    """
+    num_frames, num_tokens, dim = features.shape
+    k = config.num_neighbors
+    out_shift = tables["out_shift"]  # (E + 1,)
+    sentinel = (out_shift.shape[0] - 1) * num_tokens
+
+    # Virtual frames: segment means of features and saliency; then one zero row for the sentinel.
+    averaging = tables["averaging"]  # (V, N)
+    ext_saliency = torch.cat((saliency, averaging @ saliency))
+    mean_features = (averaging @ features.view(num_frames, num_tokens * dim)).view(-1, dim)
+    # Materialised tables cost bandwidth the GPU has to spare; gathers from them are one kernel each.
+    ext_features = torch.cat((features.view(num_frames * num_tokens, dim), mean_features, features.new_zeros(1, dim)))
+    unit_positions = tables["unit_positions"]  # (U + 1, L)
+    selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=features.device)
+    out_ids: List[torch.Tensor] = []
+    out_features: List[torch.Tensor] = []
+
+    if "salient.valid" in tables:
+        problems = _problem_tables(tables, "salient")
+        ranked_saliency = ext_saliency.index_select(0, tables["salient.frame"])
+        ranked_saliency.masked_fill_(tables["salient.excluded"], float("-inf"))
+        ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
+        ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
+        rope_rows = (ranked + tables["salient.rope_row"]).view(-1)
+        candidate_rope = rope.index_select(0, rope_rows).view(*ranked.shape, dim)
+        positions = ranked.gather(1, select_diverse_salient(candidate_rope, problems, k))  # (S, A)
+        chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
+        picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
+        selected.index_copy_(0, tables["salient.unit"], picked)
+        salient_ids = (positions + tables["salient.first_id"]).masked_fill_(problems.centre_invalid, sentinel)
+        out_ids.append(salient_ids.view(-1))
+        out_features.append(ext_features.index_select(0, out_ids[-1]))
+
+    if dims["pool_slots"]:
+        in_pool = unit_positions & ~selected[:, :num_tokens]
+        spare = (unit_positions.shape[0] - 1) * num_tokens  # the spare unit row: sentinel ids
+        entries = torch.nonzero_static(in_pool.view(-1), size=dims["pool_slots"], fill_value=spare).view(-1)
+        pool_ids = entries + tables["pool_shift"].index_select(0, entries // num_tokens)
+        if "whole" in tables:
+            out_ids.append(pool_ids.index_select(0, tables["whole"]))
+            out_features.append(ext_features.index_select(0, out_ids[-1]))
+        for g in range(dims["merge_groups"]):
+            problems = _problem_tables(tables, f"merge{g}")
+            member_slots = tables[f"merge{g}.members"]
+            flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
+            rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
+            slots, merged = merge_into_anchors(
+                rope.index_select(0, rope_rows).view(*member_slots.shape, dim),
+                ext_features.index_select(0, flat_members).view(*member_slots.shape, dim),
+                problems,
+                k,
+                config.beta,
+                config.own_anchor_merge,
+            )
+            anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
+            out_ids.append(anchor_ids.masked_fill_(problems.centre_invalid, sentinel).view(-1))
+            out_features.append(merged.view(-1, dim))
+
+    if not out_ids:  # nothing kept at all (cannot happen with a budget of at least one token)
+        return out_shift.new_zeros(0), features.new_zeros(0, dim)
+    ext_ids = torch.cat(out_ids)
+    keep, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))
+    return keep, torch.cat(out_features).index_select(0, order)

@@ -1,0 +1,94 @@
+"""Padded layouts of the device stage (tango_core.layout) and the CUDA-graph path."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tango_core import TangoConfig, tango_prune
+from tango_core.layout import bucket_size, exact_size, merge_groups, pack, packed_size, unpack
+from tango_core.prune import _prune_eager
+from tango_core.synthetic import structured_clip
+
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_bucket_sizes_are_the_geometric_series():
+    assert [bucket_size(n) for n in range(0, 14)] == [0, 1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    assert bucket_size(97) == 128 and bucket_size(96) == 96 and bucket_size(1025) == 1536
+    for n in range(1, 5000):
+        assert n <= bucket_size(n) <= 1.5 * n
+
+
+def test_pack_round_trip_keeps_dtypes_shapes_and_values():
+    arrays = {
+        "a": np.arange(5, dtype=np.int64),
+        "b": np.array([[True, False, True]]),
+        "c": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3),
+    }
+    spec = tuple((name, a.dtype.str, a.shape) for name, a in arrays.items())
+    buffer = np.zeros(packed_size(spec), dtype=np.uint8)
+    pack(arrays, buffer)
+    views = unpack(torch.from_numpy(buffer), spec)
+    for name, array in arrays.items():
+        assert views[name].numpy().dtype == array.dtype
+        np.testing.assert_array_equal(views[name].numpy(), array)
+
+
+def test_merge_groups_partition_and_bound_padding():
+    sizes = np.array([5, 300, 7, 40, 41, 290, 6, 1000])
+    for size_fn in (exact_size, bucket_size):
+        groups = merge_groups(sizes, size_fn, slack=2.0, small=0)
+        assert sorted(np.concatenate(groups).tolist()) == list(range(len(sizes)))
+        for group in groups:
+            padded = size_fn(len(group)) * size_fn(int(sizes[group].max())) ** 2
+            assert len(group) == 1 or padded <= 2.0 * (sizes[group] ** 2).sum()
+
+
+@st.composite
+def cases(draw):
+    num_frames = draw(st.integers(1, 12))
+    grid = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    regime = draw(st.sampled_from(["static", "mixed", "dynamic"]))
+    clip = structured_clip(num_frames, grid, 12, regime, min(3, num_frames), draw(st.integers(0, 9999)))
+    config = TangoConfig(
+        retention_ratio=draw(st.sampled_from([0.05, 0.1, 0.2, 0.5, 0.9])),
+        segmenter=draw(st.sampled_from(["holitom", "fastvid"])),
+        context_ratio=draw(st.sampled_from([0.0, 0.4, 1.0])),
+        num_neighbors=draw(st.integers(1, 8)),
+        exact_budget=draw(st.booleans()),
+        own_anchor_merge=draw(st.booleans()),
+    )
+    return clip, config
+
+
+@SETTINGS
+@given(cases())
+def test_padded_layout_gives_the_unpadded_result(case):
+    """What the CUDA graphs run (bucket-padded tables) equals the unpadded pipeline exactly."""
+    clip, config = case
+    args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+    with torch.inference_mode():
+        exact = _prune_eager(*args)
+        padded = _prune_eager(*args, size_fn=bucket_size)
+    assert torch.equal(exact.keep_index, padded.keep_index)
+    torch.testing.assert_close(exact.kept_features, padded.kept_features, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_match_eager_and_survive_replays():
+    from tango_core.graphs import TangoGraphs
+
+    graphs = TangoGraphs(capture_after=1)
+    config = TangoConfig(retention_ratio=0.15)
+    clips = [structured_clip(8, (6, 6), 48, regime, 2, seed, device="cuda") for regime in ("static", "dynamic") for seed in (0, 1)]
+    for _ in range(3):  # first: capture; later: replays on refilled buffers
+        for clip in clips:
+            args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+            graphed = graphs.prune(*args)
+            with torch.inference_mode():
+                eager = _prune_eager(*args, size_fn=bucket_size)
+            assert torch.equal(graphed.keep_index, eager.keep_index)
+            torch.testing.assert_close(graphed.kept_features, eager.kept_features)
+    assert graphs.replays >= len(clips)
