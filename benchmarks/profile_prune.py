@@ -25,12 +25,13 @@ def main() -> None:
     parser.add_argument("--regime", default="mixed")
     parser.add_argument("--dtype", default="fp16", choices=sorted(DTYPES))
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--eager", action="store_true", help="cuda_graphs=False: per-stage device times are visible")
     parser.add_argument("--sync-debug", action="store_true", help="warn at every host-device synchronisation")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frames, grid, dim, ratio, threshold = SHAPES[args.shape]
     clip = structured_clip(frames, grid, dim, args.regime, 3, 0, dtype=DTYPES[args.dtype], device=device)
-    config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
+    config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold, cuda_graphs=not args.eager)
     run = lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)  # noqa: E731
     for _ in range(5):
         run()

@@ -9,6 +9,7 @@ passed in: the device only runs the (P, M, M) work, in as few kernels as possibl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
 import torch
@@ -65,24 +66,57 @@ def problem_tables(
     return ProblemTables(**{name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()})
 
 
-def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances, float32 accuracy. points: (P, M, D) float32 -> (P, M, M).
+@dataclass
+class SplitPoints:
+    """Points split for tensor-core distances: ``points * 2**10 = high + low`` in fp16.
+
+    high, low: (..., M, D) float16; squared_norms: (..., M) float32 squared norms of the points.
+    """
+
+    high: torch.Tensor
+    low: torch.Tensor
+    squared_norms: torch.Tensor
+
+    def index_select(self, rows: torch.Tensor) -> "SplitPoints":
+        """Rows of a (R, D) table."""
+        return SplitPoints(self.high.index_select(0, rows), self.low.index_select(0, rows), self.squared_norms.index_select(0, rows))
+
+    def view(self, *shape: int) -> "SplitPoints":
+        """(R, D) rows viewed as ``shape`` + (D,)."""
+        dim = self.high.shape[-1]
+        return SplitPoints(self.high.view(*shape, dim), self.low.view(*shape, dim), self.squared_norms.view(*shape))
+
+
+Points = Union[torch.Tensor, SplitPoints]
+
+
+def split_points(points: torch.Tensor) -> SplitPoints:
+    """:class:`SplitPoints` of float32 points with coordinates below 64 in magnitude."""
+    scaled = points * _SPLIT_SCALE
+    high = scaled.half()
+    low = torch.sub(scaled, high).half()
+    return SplitPoints(high, low, torch.linalg.vecdot(points, points))
+
+
+def pairwise_distances(points: Points) -> torch.Tensor:
+    """Euclidean distances, float32 accuracy. points: (P, M, D) float32 or split -> (P, M, M).
 
     On CUDA the Gram matrix runs on tensor cores as two fp16 products with float32 accumulation
     of a hi/lo split of the points (``x = hi + lo``, 22 significant bits; ``lo @ lo.T`` is below
     float32 rounding and dropped), several times faster than a float32 GEMM at D = 3584. Points
     are scaled by 2**10 first so that ``lo`` stays in fp16's normal range, which needs
-    coordinates below 64 in magnitude: ST-RoPE features have unit norm. Elsewhere: torch.cdist.
+    coordinates below 64 in magnitude: ST-RoPE features have unit norm. :class:`SplitPoints`
+    (split once per token by the caller) take this path anywhere; float32 tensors take it on
+    CUDA and ``torch.cdist`` elsewhere.
     """
-    if not points.is_cuda:
-        return torch.cdist(points, points)
-    squared_norms = torch.linalg.vecdot(points, points)  # (P, M)
-    scaled = points * _SPLIT_SCALE
-    high = scaled.half()
-    low = (scaled - high.float()).half()
-    gram = torch.bmm(high, high.transpose(1, 2), out_dtype=torch.float32)
-    cross = torch.bmm(high, low.transpose(1, 2), out_dtype=torch.float32)
+    if isinstance(points, torch.Tensor):
+        if not points.is_cuda:
+            return torch.cdist(points, points)
+        points = split_points(points)
+    gram = torch.bmm(points.high, points.high.transpose(1, 2), out_dtype=torch.float32)
+    cross = torch.bmm(points.high, points.low.transpose(1, 2), out_dtype=torch.float32)
     gram = (gram + cross + cross.transpose(1, 2)) * (1.0 / (_SPLIT_SCALE * _SPLIT_SCALE))
+    squared_norms = points.squared_norms
     squared = (squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(1)).sub_(gram, alpha=2.0)
     return squared.clamp_(min=0.0).sqrt_()
 
@@ -127,7 +161,7 @@ def assign_to_nearest(distances: torch.Tensor, centres: torch.Tensor, tables: Pr
     return torch.nn.functional.pad(assignment, (0, 1)).scatter_(1, own, slots)[:, :size]
 
 
-def select_diverse_salient(points: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
+def select_diverse_salient(points: Points, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
     """Diversity-driven salient selection (spec 4.4) on candidates in descending-saliency order.
 
     points: (P, M, D) float32 ST-RoPE features of the candidates. Returns (P, A) candidate indices:
@@ -137,7 +171,7 @@ def select_diverse_salient(points: torch.Tensor, tables: ProblemTables, num_neig
     distances = pairwise_distances(points)
     centres = dpc_knn_centres(distances, tables, num_neighbors)
     assignment = assign_to_nearest(distances, centres, tables)  # (P, M)
-    slots = torch.arange(centres.shape[1], device=points.device)
+    slots = torch.arange(centres.shape[1], device=distances.device)
     # Candidates are sorted by saliency, so a cluster's best member is its first in order.
     membership = (assignment.unsqueeze(-1) == slots) & tables.valid.unsqueeze(-1)
     best_member = membership.to(torch.uint8).argmax(dim=1)  # (P, A)
@@ -145,7 +179,7 @@ def select_diverse_salient(points: torch.Tensor, tables: ProblemTables, num_neig
 
 
 def merge_into_anchors(
-    points: torch.Tensor,
+    points: Points,
     features: torch.Tensor,
     tables: ProblemTables,
     num_neighbors: int,
@@ -161,13 +195,13 @@ def merge_into_anchors(
     written at the i-th anchor in score order (the reference's pairing), or at its own anchor when
     ``own_anchor_merge``.
     """
-    size = points.shape[1]
     distances = pairwise_distances(points)
+    size = distances.shape[1]
     by_score = dpc_knn_centres(distances, tables, num_neighbors)
     # Invalid slots sort last, so valid anchors come first in ascending pool order.
     by_position = torch.sort(by_score.masked_fill(tables.centre_invalid, size), dim=-1).values.clamp_(max=size - 1)
     assignment = assign_to_nearest(distances, by_position, tables)
-    slots = torch.arange(by_position.shape[1], device=points.device).view(1, -1, 1)
+    slots = torch.arange(by_position.shape[1], device=distances.device).view(1, -1, 1)
     members = ((assignment.unsqueeze(1) == slots) & tables.valid.unsqueeze(1)).to(features.dtype)  # (P, A, M)
     counts = members.sum(-1, keepdim=True)  # >= 1 for valid anchors
     means = torch.bmm(members, features).div_(counts)

@@ -199,7 +199,7 @@ class TangoGraphs:
             video = self._video(key, features, saliency, timestamps, global_features, grid, config)
             if not fresh:
                 video.fill(features, saliency, timestamps, global_features)
-            statistics, features32, _, saliency32, _ = video.statistics.replay()
+            statistics, extended, _, saliency32, _ = video.statistics.replay()
             copy = HostCopy(statistics, video.host_statistics)
             pruning = config.retention_ratio < 1.0
             if pruning:
@@ -215,7 +215,7 @@ class TangoGraphs:
                 plan = plan_from_segments(static_runs, segments, num_tokens, config)
                 layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, bucket_size)
             with record_function("tango.layout_stage"):
-                keep, kept = self._run_layout(video, layout, (features32, saliency32, rope), config)
+                keep, kept = self._run_layout(video, layout, (extended, saliency32, rope), config)
             count = layout.num_kept
             # Graph outputs are overwritten by the next replay: hand back copies.
             kept = kept[:count].to(features.dtype, copy=True)

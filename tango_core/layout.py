@@ -34,12 +34,13 @@ def exact_size(n: int) -> int:
 
 
 def bucket_size(n: int) -> int:
-    """Smallest of 0, 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them) >= n."""
+    """Smallest of 0, 1, ..., 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ... >= n: four steps per
+    doubling, so padding adds at most 25%."""
     n = int(n)
-    if n <= 4:
+    if n <= 8:
         return n
-    power = 1 << (n - 1).bit_length()  # smallest power of two >= n
-    return power * 3 // 4 if n <= power * 3 // 4 else power
+    step = 1 << ((n - 1).bit_length() - 3)  # a quarter of the power of two below n
+    return -(-n // step) * step
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,7 @@ def _prune_eager(
     num_frames, num_tokens, dim = features.shape
     device = features.device
     times = frame_times(timestamps, num_frames, device)
-    statistics, features32, unit, saliency32, times32 = statistics_stage(
+    statistics, extended, unit, saliency32, times32 = statistics_stage(
         features, saliency, times, global_features, sink_tensor(config, device), config
     )
     copy = HostCopy(statistics)
@@ -211,6 +211,6 @@ def _prune_eager(
     plan = plan_from_segments(static_runs, segments, num_tokens, config)
     layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, size_fn)
     tables = unpack(upload_layout(layout, device), layout.spec)
-    keep, kept = layout_stage(tables, dict(layout.dims), features32, saliency32, rope, config)
+    keep, kept = layout_stage(tables, dict(layout.dims), extended, saliency32, rope, config)
     count = layout.num_kept
     return TangoResult(keep_index=keep[:count], kept_features=kept[:count].to(features.dtype), segments=segments)

@@ -19,10 +19,12 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .budget import BudgetPlan, build_plan
 from .config import TangoConfig
-from .dpc import ProblemTables, merge_into_anchors, select_diverse_salient
+from .dpc import Points, ProblemTables, SplitPoints, merge_into_anchors, select_diverse_salient, split_points
+from .layout import bucket_size
 from .rope import rotate_unit_features
 from .segmentation import (
     consecutive_frame_similarity,
@@ -36,6 +38,12 @@ from .segmentation import (
 NUM_VALUE_CHECKS = 4
 
 
+def extended_rows(num_frames: int, num_tokens: int) -> int:
+    """Rows of the extended feature table: N frames, room for the (padded) virtual frames of at
+    most N // 2 multi-frame segments, and one sentinel row."""
+    return (num_frames + bucket_size(num_frames // 2)) * num_tokens + 1
+
+
 def statistics_stage(
     features: torch.Tensor,
     saliency: torch.Tensor,
@@ -47,19 +55,24 @@ def statistics_stage(
     """features (N, L, D), saliency (N, L), times (N,), global_features (N, D') or None,
     sinks (S,) int64 positions or None.
 
-    Returns ``(statistics, features32, unit, saliency32, times32)``: a float32 vector for the host
-    (:func:`segments_from_statistics` reads it), features (N, L, D) and their l2-normalised unit
-    vectors in float32, saliency (N, L) float32 with sinks zeroed, times (N,) float32.
+    Returns ``(statistics, extended, unit, saliency32, times32)``: a float32 vector for the host
+    (:func:`segments_from_statistics` reads it); ``extended`` (R, D) float32 whose first N * L
+    rows are the features, the rest room for virtual frames (:func:`extended_rows`); the
+    l2-normalised features (N, L, D) float32; saliency (N, L) float32 with sinks zeroed; times
+    (N,) float32.
     """
-    num_frames = features.shape[0]
-    features32 = features.float().contiguous()
-    unit = F.normalize(features32, dim=-1)
+    num_frames, num_tokens, dim = features.shape
+    extended = torch.empty(extended_rows(num_frames, num_tokens), dim, dtype=torch.float32, device=features.device)
+    features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim)
+    features32.copy_(features)
+    norms = torch.linalg.vector_norm(features32, dim=-1)  # as F.normalize computes them
+    unit = features32 / norms.clamp_min(1e-12).unsqueeze(-1)
     saliency32 = saliency.float()
     if sinks is not None:
         saliency32 = saliency32.index_fill(1, sinks, 0.0)
     times32 = times.float()
     # NaN and inf propagate into these sums (unit vectors cannot overflow them): one reduction each.
-    packed = [torch.stack((unit.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
+    packed = [torch.stack((norms.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
         token_similarity = consecutive_token_similarity(unit)
@@ -70,7 +83,7 @@ def statistics_stage(
             summary = global_features if global_features is not None else features32.mean(dim=1)
             frame_similarity = consecutive_frame_similarity(summary)
             packed += [frame_similarity, frame_similarity < threshold]
-    return torch.cat(packed), features32, unit, saliency32, times32  # bool parts become float32
+    return torch.cat(packed), extended, unit, saliency32, times32  # bool parts become float32
 
 
 def raise_on_bad_values(statistics: np.ndarray) -> None:
@@ -121,10 +134,22 @@ def plan_from_segments(
 
 def rope_stage(
     unit: torch.Tensor, times: torch.Tensor, grid: Tuple[int, int], sections: Tuple[int, int, int], config: TangoConfig
-) -> torch.Tensor:
-    """ST-RoPE of unit features (N, L, D) at frame times (N,): (N * L, D) float32."""
+) -> Points:
+    """ST-RoPE of unit features (N, L, D) at frame times (N,), as a (N * L, D) table of points.
+
+    On CUDA the table is split once per token for tensor-core distances (:class:`SplitPoints`);
+    elsewhere it is the float32 features.
+    """
     rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
-    return rope.view(-1, unit.shape[-1])
+    rope = rope.view(-1, unit.shape[-1])
+    return split_points(rope) if rope.is_cuda else rope
+
+
+def _gather_points(table: Points, rows: torch.Tensor, shape: Tuple[int, int]) -> Points:
+    """Rows (flat) of a point table, viewed as ``shape`` problems."""
+    if isinstance(table, SplitPoints):
+        return table.index_select(rows).view(*shape)
+    return table.index_select(0, rows).view(*shape, table.shape[-1])
 
 
 def _problem_tables(tables: Dict[str, torch.Tensor], prefix: str) -> ProblemTables:
@@ -135,77 +160,113 @@ def _problem_tables(tables: Dict[str, torch.Tensor], prefix: str) -> ProblemTabl
 def layout_stage(
     tables: Dict[str, torch.Tensor],
     dims: Dict[str, int],
-    features: torch.Tensor,
+    extended: torch.Tensor,
     saliency: torch.Tensor,
-    rope: torch.Tensor,
+    rope: Points,
     config: TangoConfig,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Salient selection and context merging of one plan (spec 4.4-4.6).
 
     tables: the device copies of a :class:`~tango_core.layout.DeviceLayout`'s arrays; dims: its
-    dims. features (N, L, D) and saliency (N, L) float32; rope (N * L, D) ST-RoPE features.
+    dims. extended: the (R, D) float32 table of :func:`statistics_stage` (written here: virtual
+    frames and the sentinel row); saliency (N, L) float32; rope: the (N * L, D) point table.
     Returns ``(keep, kept)``: (T,) int64 output token ids, ascending, and (T, D) float32 features,
     T >= K; the first ``layout.num_kept`` entries are the result, the rest are padding.
     """
-    num_frames, num_tokens, dim = features.shape
-    k = config.num_neighbors
+    num_tokens = saliency.shape[1]
     out_shift = tables["out_shift"]  # (E + 1,)
     sentinel = (out_shift.shape[0] - 1) * num_tokens
-
-    # Virtual frames: segment means of features and saliency; then one zero row for the sentinel.
-    averaging = tables["averaging"]  # (V, N)
-    ext_saliency = torch.cat((saliency, averaging @ saliency))
-    mean_features = (averaging @ features.view(num_frames, num_tokens * dim)).view(-1, dim)
-    # Materialised tables cost bandwidth the GPU has to spare; gathers from them are one kernel each.
-    ext_features = torch.cat((features.view(num_frames * num_tokens, dim), mean_features, features.new_zeros(1, dim)))
-    unit_positions = tables["unit_positions"]  # (U + 1, L)
-    selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=features.device)
+    with record_function("tango.virtual_frames"):
+        ext_saliency = _virtual_frames(tables["averaging"], extended, saliency, sentinel)
     out_ids: List[torch.Tensor] = []
     out_features: List[torch.Tensor] = []
-
+    unit_positions = tables["unit_positions"]  # (U + 1, L)
+    selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=extended.device)
     if "salient.valid" in tables:
-        problems = _problem_tables(tables, "salient")
-        ranked_saliency = ext_saliency.index_select(0, tables["salient.frame"])
-        ranked_saliency.masked_fill_(tables["salient.excluded"], float("-inf"))
-        ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
-        ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
-        rope_rows = (ranked + tables["salient.rope_row"]).view(-1)
-        candidate_rope = rope.index_select(0, rope_rows).view(*ranked.shape, dim)
-        positions = ranked.gather(1, select_diverse_salient(candidate_rope, problems, k))  # (S, A)
-        chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
-        picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
-        selected.index_copy_(0, tables["salient.unit"], picked)
-        salient_ids = (positions + tables["salient.first_id"]).masked_fill_(problems.centre_invalid, sentinel)
-        out_ids.append(salient_ids.view(-1))
-        out_features.append(ext_features.index_select(0, out_ids[-1]))
-
+        with record_function("tango.salient"):
+            salient_ids = _select_salient(tables, ext_saliency, rope, selected, sentinel, config)
+            out_ids.append(salient_ids)
+            out_features.append(extended.index_select(0, salient_ids))
     if dims["pool_slots"]:
-        in_pool = unit_positions & ~selected[:, :num_tokens]
-        spare = (unit_positions.shape[0] - 1) * num_tokens  # the spare unit row: sentinel ids
-        entries = torch.nonzero_static(in_pool.view(-1), size=dims["pool_slots"], fill_value=spare).view(-1)
-        pool_ids = entries + tables["pool_shift"].index_select(0, entries // num_tokens)
-        if "whole" in tables:
-            out_ids.append(pool_ids.index_select(0, tables["whole"]))
-            out_features.append(ext_features.index_select(0, out_ids[-1]))
-        for g in range(dims["merge_groups"]):
-            problems = _problem_tables(tables, f"merge{g}")
-            member_slots = tables[f"merge{g}.members"]
-            flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
-            rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
-            slots, merged = merge_into_anchors(
-                rope.index_select(0, rope_rows).view(*member_slots.shape, dim),
-                ext_features.index_select(0, flat_members).view(*member_slots.shape, dim),
-                problems,
-                k,
-                config.beta,
-                config.own_anchor_merge,
-            )
-            anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
-            out_ids.append(anchor_ids.masked_fill_(problems.centre_invalid, sentinel).view(-1))
-            out_features.append(merged.view(-1, dim))
+        with record_function("tango.merge"):
+            in_pool = unit_positions & ~selected[:, :num_tokens]
+            spare = (unit_positions.shape[0] - 1) * num_tokens  # the spare unit row: sentinel ids
+            entries = torch.nonzero_static(in_pool.view(-1), size=dims["pool_slots"], fill_value=spare).view(-1)
+            pool_ids = entries + tables["pool_shift"].index_select(0, entries // num_tokens)
+            if "whole" in tables:
+                out_ids.append(pool_ids.index_select(0, tables["whole"]))
+                out_features.append(extended.index_select(0, out_ids[-1]))
+            for group in range(dims["merge_groups"]):
+                ids, merged = _merge_pools(tables, f"merge{group}", pool_ids, extended, rope, sentinel, config)
+                out_ids.append(ids)
+                out_features.append(merged)
+    with record_function("tango.assemble"):
+        ext_ids = torch.cat(out_ids)
+        keep, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))
+        return keep, torch.cat(out_features).index_select(0, order)
 
-    if not out_ids:  # nothing kept at all (cannot happen with a budget of at least one token)
-        return out_shift.new_zeros(0), features.new_zeros(0, dim)
-    ext_ids = torch.cat(out_ids)
-    keep, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))
-    return keep, torch.cat(out_features).index_select(0, order)
+
+def _virtual_frames(averaging: torch.Tensor, extended: torch.Tensor, saliency: torch.Tensor, sentinel: int) -> torch.Tensor:
+    """Write the segment means (V, N) ``averaging`` of the features after the real frames of
+    ``extended`` and zero its sentinel row. Returns the (N + V, L) saliency of all frames."""
+    num_frames, num_tokens = saliency.shape
+    real_rows = num_frames * num_tokens
+    if averaging.shape[0]:
+        virtual = extended[real_rows:sentinel].view(averaging.shape[0], -1)
+        torch.mm(averaging, extended[:real_rows].view(num_frames, -1), out=virtual)
+    extended[sentinel : sentinel + 1].zero_()
+    return torch.cat((saliency, averaging @ saliency))
+
+
+def _select_salient(
+    tables: Dict[str, torch.Tensor],
+    ext_saliency: torch.Tensor,
+    rope: Points,
+    selected: torch.Tensor,
+    sentinel: int,
+    config: TangoConfig,
+) -> torch.Tensor:
+    """Diverse salient picks of every unit with k' > 0 (spec 4.4), marked in ``selected``
+    (U + 1, L + 1). Returns (S * A,) extended token ids, the sentinel in unused slots."""
+    num_tokens = ext_saliency.shape[1]
+    problems = _problem_tables(tables, "salient")
+    ranked_saliency = ext_saliency.index_select(0, tables["salient.frame"])
+    ranked_saliency.masked_fill_(tables["salient.excluded"], float("-inf"))
+    ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
+    ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
+    candidates = _gather_points(rope, (ranked + tables["salient.rope_row"]).view(-1), ranked.shape)
+    positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors))  # (S, A)
+    chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
+    picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
+    selected.index_copy_(0, tables["salient.unit"], picked)
+    salient_ids = (positions + tables["salient.first_id"]).masked_fill_(problems.centre_invalid, sentinel)
+    return salient_ids.view(-1)
+
+
+def _merge_pools(
+    tables: Dict[str, torch.Tensor],
+    prefix: str,
+    pool_ids: torch.Tensor,
+    extended: torch.Tensor,
+    rope: Points,
+    sentinel: int,
+    config: TangoConfig,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Anchor merging (spec 4.5) of one padded group of pools. Returns (P * A,) extended token
+    ids (the sentinel in unused slots) and their (P * A, D) merged float32 features."""
+    num_tokens = tables["unit_positions"].shape[1]
+    problems = _problem_tables(tables, prefix)
+    member_slots = tables[f"{prefix}.members"]
+    flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
+    out_shift = tables["out_shift"]
+    rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
+    slots, merged = merge_into_anchors(
+        _gather_points(rope, rope_rows, member_slots.shape),
+        extended.index_select(0, flat_members).view(*member_slots.shape, extended.shape[-1]),
+        problems,
+        config.num_neighbors,
+        config.beta,
+        config.own_anchor_merge,
+    )
+    anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
+    return anchor_ids.masked_fill_(problems.centre_invalid, sentinel).view(-1), merged.view(-1, extended.shape[-1])

@@ -15,10 +15,10 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 
 
 def test_bucket_sizes_are_the_geometric_series():
-    assert [bucket_size(n) for n in range(0, 14)] == [0, 1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
-    assert bucket_size(97) == 128 and bucket_size(96) == 96 and bucket_size(1025) == 1536
+    assert [bucket_size(n) for n in range(0, 18)] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 10, 12, 12, 14, 14, 16, 16, 20]
+    assert bucket_size(97) == 112 and bucket_size(96) == 96 and bucket_size(1025) == 1280
     for n in range(1, 5000):
-        assert n <= bucket_size(n) <= 1.5 * n
+        assert n <= bucket_size(n) <= 1.25 * n
 
 
 def test_pack_round_trip_keeps_dtypes_shapes_and_values():
