@@ -92,10 +92,16 @@ Points = Union[torch.Tensor, SplitPoints]
 
 def split_points(points: torch.Tensor) -> SplitPoints:
     """:class:`SplitPoints` of float32 points with coordinates below 64 in magnitude."""
-    scaled = points * _SPLIT_SCALE
+    return split_scaled_points(points * SPLIT_SCALE)
+
+
+def split_scaled_points(scaled: torch.Tensor) -> SplitPoints:
+    """:class:`SplitPoints` of points given already multiplied by :data:`SPLIT_SCALE` (float32)."""
     high = scaled.half()
-    low = torch.sub(scaled, high).half()
-    return SplitPoints(high, low, torch.linalg.vecdot(points, points))
+    low = torch.empty_like(high)
+    torch.sub(scaled, high, out=low)  # float32 difference, rounded once to fp16
+    squared_norms = torch.linalg.vecdot(scaled, scaled).mul_(1.0 / (SPLIT_SCALE * SPLIT_SCALE))
+    return SplitPoints(high, low, squared_norms)
 
 
 def pairwise_distances(points: Points) -> torch.Tensor:
@@ -115,13 +121,13 @@ def pairwise_distances(points: Points) -> torch.Tensor:
         points = split_points(points)
     gram = torch.bmm(points.high, points.high.transpose(1, 2), out_dtype=torch.float32)
     cross = torch.bmm(points.high, points.low.transpose(1, 2), out_dtype=torch.float32)
-    gram = (gram + cross + cross.transpose(1, 2)) * (1.0 / (_SPLIT_SCALE * _SPLIT_SCALE))
+    gram = (gram + cross + cross.transpose(1, 2)) * (1.0 / (SPLIT_SCALE * SPLIT_SCALE))
     squared_norms = points.squared_norms
     squared = (squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(1)).sub_(gram, alpha=2.0)
     return squared.clamp_(min=0.0).sqrt_()
 
 
-_SPLIT_SCALE = 1024.0
+SPLIT_SCALE = 1024.0
 
 
 def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:

@@ -22,7 +22,6 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from torch.profiler import record_function
 
@@ -42,11 +41,14 @@ from .stages import (
 class CapturedCall:
     """``function()`` (reading tensors it closes over) captured as a CUDA graph.
 
-    It runs once eagerly on a side stream first (lazy library initialisation must not happen
-    during capture). :meth:`replay` relaunches it and returns the same output tensors, refilled.
+    It runs once eagerly on a side stream first (lazy library initialisation and cached constant
+    tables must not be created during capture). :meth:`replay` relaunches it and returns the same output tensors, refilled.
     """
 
     def __init__(self, function: Callable[[], tuple], pool: tuple) -> None:
+        # The graph reads tensors at fixed addresses: whatever the function closes over must live
+        # as long as the graph does.
+        self.function = function
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

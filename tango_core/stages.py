@@ -18,14 +18,21 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.profiler import record_function
 
 from .budget import BudgetPlan, build_plan
 from .config import TangoConfig
-from .dpc import Points, ProblemTables, SplitPoints, merge_into_anchors, select_diverse_salient, split_points
+from .dpc import (
+    SPLIT_SCALE,
+    Points,
+    ProblemTables,
+    SplitPoints,
+    merge_into_anchors,
+    select_diverse_salient,
+    split_scaled_points,
+)
 from .layout import bucket_size
-from .rope import rotate_unit_features
+from .rope import rotate_unit_features, rotate_unit_features_scaled
 from .segmentation import (
     consecutive_frame_similarity,
     consecutive_token_similarity,
@@ -140,9 +147,11 @@ def rope_stage(
     On CUDA the table is split once per token for tensor-core distances (:class:`SplitPoints`);
     elsewhere it is the float32 features.
     """
+    if unit.is_cuda:
+        scaled = rotate_unit_features_scaled(unit, grid, times, sections, config.base_time, config.base_space, SPLIT_SCALE)
+        return split_scaled_points(scaled.view(-1, unit.shape[-1]))
     rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
-    rope = rope.view(-1, unit.shape[-1])
-    return split_points(rope) if rope.is_cuda else rope
+    return rope.view(-1, unit.shape[-1])
 
 
 def _gather_points(table: Points, rows: torch.Tensor, shape: Tuple[int, int]) -> Points:

@@ -63,3 +63,19 @@ def test_odd_sections_rejected():
         st_rope(torch.randn(1, 4, 10), (2, 2), sections=(3, 4, 3))
     with pytest.raises(ValueError, match="summing to the feature dimension"):
         st_rope(torch.randn(1, 4, 12), (2, 2), sections=(4, 4, 2))
+
+
+@pytest.mark.parametrize("dim, grid", [(96, (14, 14)), (3584, (13, 13)), (12, (2, 3)), (10, (1, 1))])
+def test_scaled_group_rotation_is_bitwise_the_scaled_rope(dim, grid):
+    """The low-traffic form used on GPUs equals 2**10 times the plain form, bit for bit."""
+    from tango_core.config import resolve_rope_sections
+    from tango_core.rope import rotate_unit_features, rotate_unit_features_scaled
+
+    generator = torch.Generator().manual_seed(dim)
+    num_tokens = grid[0] * grid[1]
+    unit = torch.nn.functional.normalize(torch.randn(5, num_tokens, dim, generator=generator), dim=-1)
+    times = torch.rand(5, generator=generator) * 30
+    sections = resolve_rope_sections(dim, None)
+    plain = rotate_unit_features(unit, grid, times, sections, 10000.0, 1000.0)
+    scaled = rotate_unit_features_scaled(unit, grid, times, sections, 10000.0, 1000.0, 1024.0)
+    assert torch.equal(plain * 1024.0, scaled)
