@@ -29,6 +29,7 @@ from .config import TangoConfig, resolve_rope_sections
 from .layout import DeviceLayout, bucket_size, build_layout, pack, packed_size, unpack
 from .prune import HostCopy, TangoResult, frame_times, identity_result, sink_tensor, upload_layout
 from .stages import (
+    extended_table,
     layout_stage,
     plan_from_segments,
     raise_on_bad_values,
@@ -102,7 +103,9 @@ class _VideoGraphs:
         device = features.device
         self.grid = grid
         self.pool = torch.cuda.graph_pool_handle()
-        self.features = torch.zeros_like(features, memory_format=torch.contiguous_format)
+        self.extended = extended_table(features)
+        num_frames, num_tokens, dim = features.shape
+        self.features32 = self.extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim)
         self.saliency = torch.zeros_like(saliency, memory_format=torch.contiguous_format)
         self.times = frame_times(timestamps, features.shape[0], device).clone()
         self.global_features = None if global_features is None else torch.zeros_like(global_features)
@@ -110,7 +113,7 @@ class _VideoGraphs:
         sinks = sink_tensor(config, device)
         self.fill(features, saliency, timestamps, global_features)
         self.statistics = CapturedCall(
-            lambda: statistics_stage(self.features, self.saliency, self.times, self.global_features, sinks, config),
+            lambda: statistics_stage(self.extended, self.saliency, self.times, self.global_features, sinks, config),
             self.pool,
         )
         self.host_statistics = torch.empty(self.statistics.outputs[0].shape, dtype=torch.float32, pin_memory=True)
@@ -120,7 +123,8 @@ class _VideoGraphs:
         self.seen: Dict[tuple, int] = {}
 
     def fill(self, features, saliency, timestamps, global_features) -> None:
-        self.features.copy_(features)
+        """Copy a call's inputs into the static buffers (features straight into float32)."""
+        self.features32.copy_(features)
         self.saliency.copy_(saliency)
         if timestamps is not None:
             self.times.copy_(timestamps)
@@ -129,7 +133,7 @@ class _VideoGraphs:
 
     def rope_call(self, config: TangoConfig) -> CapturedCall:
         if self.rope is None:
-            _, _, unit, _, times32 = self.statistics.outputs
+            _, unit, _, times32 = self.statistics.outputs
             self.rope = CapturedCall(lambda: (rope_stage(unit, times32, self.grid, self.sections, config),), self.pool)
         return self.rope
 
@@ -201,7 +205,7 @@ class TangoGraphs:
             video = self._video(key, features, saliency, timestamps, global_features, grid, config)
             if not fresh:
                 video.fill(features, saliency, timestamps, global_features)
-            statistics, extended, _, saliency32, _ = video.statistics.replay()
+            statistics, _, saliency32, _ = video.statistics.replay()
             copy = HostCopy(statistics, video.host_statistics)
             pruning = config.retention_ratio < 1.0
             if pruning:
@@ -217,7 +221,7 @@ class TangoGraphs:
                 plan = plan_from_segments(static_runs, segments, num_tokens, config)
                 layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, bucket_size)
             with record_function("tango.layout_stage"):
-                keep, kept = self._run_layout(video, layout, (extended, saliency32, rope), config)
+                keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)
             count = layout.num_kept
             # Graph outputs are overwritten by the next replay: hand back copies.
             kept = kept[:count].to(features.dtype, copy=True)

@@ -18,6 +18,7 @@ import torch
 from .config import TangoConfig, resolve_rope_sections
 from .layout import DeviceLayout, SizeFn, build_layout, exact_size, pack, packed_size, unpack
 from .stages import (
+    extended_table,
     layout_stage,
     plan_from_segments,
     raise_on_bad_values,
@@ -196,8 +197,9 @@ def _prune_eager(
     num_frames, num_tokens, dim = features.shape
     device = features.device
     times = frame_times(timestamps, num_frames, device)
-    statistics, extended, unit, saliency32, times32 = statistics_stage(
-        features, saliency, times, global_features, sink_tensor(config, device), config
+    extended = extended_table(features)
+    statistics, unit, saliency32, times32 = statistics_stage(
+        extended, saliency, times, global_features, sink_tensor(config, device), config
     )
     copy = HostCopy(statistics)
     pruning = config.retention_ratio < 1.0

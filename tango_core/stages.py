@@ -2,7 +2,7 @@
 
 Device stages have shapes fixed by their inputs alone, so they can be captured as CUDA graphs:
 
-1. :func:`statistics_stage`: float32 features, unit features, saliency with sinks zeroed, the
+1. :func:`statistics_stage` (after :func:`extended_table`): unit features, saliency with sinks zeroed, the
    consecutive-frame comparisons that segmentation needs, and sums that reveal bad values;
 2. :func:`rope_stage`: ST-RoPE clustering features;
 3. :func:`layout_stage`: salient selection and context merging of a whole plan, from the padded
@@ -51,27 +51,32 @@ def extended_rows(num_frames: int, num_tokens: int) -> int:
     return (num_frames + bucket_size(num_frames // 2)) * num_tokens + 1
 
 
+def extended_table(features: torch.Tensor) -> torch.Tensor:
+    """(R, D) float32 table whose first N * L rows are ``features`` (N, L, D); the rest is room
+    for virtual frames and the sentinel row (:func:`extended_rows`), written by :func:`layout_stage`."""
+    num_frames, num_tokens, dim = features.shape
+    extended = torch.empty(extended_rows(num_frames, num_tokens), dim, dtype=torch.float32, device=features.device)
+    extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim).copy_(features)
+    return extended
+
+
 def statistics_stage(
-    features: torch.Tensor,
+    extended: torch.Tensor,
     saliency: torch.Tensor,
     times: torch.Tensor,
     global_features: Optional[torch.Tensor],
     sinks: Optional[torch.Tensor],
     config: TangoConfig,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """features (N, L, D), saliency (N, L), times (N,), global_features (N, D') or None,
-    sinks (S,) int64 positions or None.
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """extended: :func:`extended_table` of the features; saliency (N, L); times (N,);
+    global_features (N, D') or None; sinks (S,) int64 positions or None.
 
-    Returns ``(statistics, extended, unit, saliency32, times32)``: a float32 vector for the host
-    (:func:`segments_from_statistics` reads it); ``extended`` (R, D) float32 whose first N * L
-    rows are the features, the rest room for virtual frames (:func:`extended_rows`); the
-    l2-normalised features (N, L, D) float32; saliency (N, L) float32 with sinks zeroed; times
-    (N,) float32.
+    Returns ``(statistics, unit, saliency32, times32)``: a float32 vector for the host
+    (:func:`segments_from_statistics` reads it), the l2-normalised features (N, L, D) float32,
+    saliency (N, L) float32 with sinks zeroed, times (N,) float32.
     """
-    num_frames, num_tokens, dim = features.shape
-    extended = torch.empty(extended_rows(num_frames, num_tokens), dim, dtype=torch.float32, device=features.device)
-    features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim)
-    features32.copy_(features)
+    num_frames, num_tokens = saliency.shape
+    features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, -1)
     norms = torch.linalg.vector_norm(features32, dim=-1)  # as F.normalize computes them
     unit = features32 / norms.clamp_min(1e-12).unsqueeze(-1)
     saliency32 = saliency.float()
@@ -90,7 +95,7 @@ def statistics_stage(
             summary = global_features if global_features is not None else features32.mean(dim=1)
             frame_similarity = consecutive_frame_similarity(summary)
             packed += [frame_similarity, frame_similarity < threshold]
-    return torch.cat(packed), extended, unit, saliency32, times32  # bool parts become float32
+    return torch.cat(packed), unit, saliency32, times32  # bool parts become float32
 
 
 def raise_on_bad_values(statistics: np.ndarray) -> None:
@@ -177,7 +182,7 @@ def layout_stage(
     """Salient selection and context merging of one plan (spec 4.4-4.6).
 
     tables: the device copies of a :class:`~tango_core.layout.DeviceLayout`'s arrays; dims: its
-    dims. extended: the (R, D) float32 table of :func:`statistics_stage` (written here: virtual
+    dims. extended: the (R, D) float32 table of :func:`extended_table` (written here: virtual
     frames and the sentinel row); saliency (N, L) float32; rope: the (N * L, D) point table.
     Returns ``(keep, kept)``: (T,) int64 output token ids, ascending, and (T, D) float32 features,
     T >= K; the first ``layout.num_kept`` entries are the result, the rest are padding.
