@@ -18,6 +18,7 @@ makes sharing the pool safe. :func:`clear_cuda_graphs` frees everything.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from typing import Callable, Dict, Optional, Tuple
@@ -179,6 +180,7 @@ class TangoGraphs:
     def clear(self) -> None:
         with self._lock:
             self._videos.clear()
+        gc.collect()  # graphs and the closures they keep alive form reference cycles
 
     def _video(self, key: tuple, *args) -> _VideoGraphs:
         video = self._videos.pop(key, None)

@@ -82,7 +82,7 @@ def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(total)
 
 
-def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: int = 1 << 22) -> List[np.ndarray]:
+def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: int = 1 << 24) -> List[np.ndarray]:
     """Group problems (by index into ``sizes``) into padded batches of width ``size_fn(max size)``.
 
     Problems are taken in ascending size; the next one joins the current group while the group's

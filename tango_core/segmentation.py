@@ -1,9 +1,10 @@
 """Temporal segmentation of a clip into runs of similar frames (spec section 4.1).
 
-Similarities and their threshold comparisons are computed on the device (float32, as the
-reference compares); the (N-1, L) comparison masks then come to the host once, where run
-lengths, window values and the dynamic programme over frames (N is a few hundred at most) are
-cheap numpy work instead of many tiny device kernels.
+Similarities, their threshold comparisons (float32, as the reference compares), run lengths and
+the run-length counts behind HoliTom's window values are computed on the device; they come to
+the host once, where the dynamic programme over frames (N is a few hundred at most) is cheap
+numpy work instead of many tiny device kernels. The numpy :func:`run_lengths` and
+:func:`holitom_window_values` are the host references of the device functions.
 """
 
 from __future__ import annotations
@@ -42,25 +43,55 @@ def run_lengths(above: np.ndarray) -> np.ndarray:
     return (first_false - steps).astype(np.int64)
 
 
+def run_lengths_on_device(above: torch.Tensor) -> torch.Tensor:
+    """:func:`run_lengths` as tensor operations (no host round trip): (N-1, L) bool -> int64."""
+    num_pairs = above.shape[0]
+    steps = torch.arange(num_pairs, device=above.device).view(-1, 1)
+    first_false = torch.where(above, num_pairs, steps)
+    first_false = first_false.flip(0).cummin(0).values.flip(0)
+    return first_false - steps
+
+
+def run_length_counts(runs: torch.Tensor) -> torch.Tensor:
+    """``at_least[s, j]``: positions whose run from pair s has length >= j + 1.
+
+    runs: (N-1, L) int64 run lengths (:func:`run_lengths_on_device`). Returns (N-1, N-1) int64
+    (integer histograms: exact and deterministic on any device).
+    """
+    num_pairs = runs.shape[0]
+    histogram = torch.zeros(num_pairs, num_pairs + 1, dtype=torch.int64, device=runs.device)
+    histogram.scatter_add_(1, runs, torch.ones_like(runs))
+    return histogram.flip(1).cumsum(1).flip(1)[:, 1:]
+
+
+def holitom_values_from_counts(at_least: np.ndarray) -> np.ndarray:
+    """(N, N) window values of spec 4.1 from the (N-1, N-1) counts of :func:`run_length_counts`."""
+    num_frames = at_least.shape[0] + 1
+    values = np.zeros((num_frames, num_frames), dtype=np.int64)
+    if num_frames == 1:
+        return values
+    length = np.arange(num_frames)[None, :] - np.arange(num_frames - 1)[:, None]  # e - s
+    valid = (length >= 1) & (length <= HOLITOM_MAX_WINDOW - 1)
+    counts = np.take_along_axis(at_least, np.clip(length - 1, 0, num_frames - 2), axis=1)
+    values[:-1] = np.where(valid, length * counts, 0)
+    return values
+
+
 def holitom_window_values(runs: np.ndarray) -> np.ndarray:
     """``value[s, e] = (e - s) * m(s, e)`` for every window s < e, 0 elsewhere (spec 4.1).
 
     runs: (N-1, L) run lengths of ``sim > tau``. Returns (N, N) int64, ``m(s, e)`` being the number
-    of positions whose run from pair s reaches pair e - 1.
+    of positions whose run from pair s reaches pair e - 1. (Host reference of
+    :func:`run_length_counts` followed by :func:`holitom_values_from_counts`.)
     """
     num_frames = runs.shape[0] + 1
-    values = np.zeros((num_frames, num_frames), dtype=np.int64)
     if num_frames == 1:
-        return values
+        return np.zeros((1, 1), dtype=np.int64)
     # histogram[s, j] = number of positions whose run from pair s has length exactly j.
     flat = (np.arange(num_frames - 1)[:, None] * num_frames + runs).ravel()
     histogram = np.bincount(flat, minlength=(num_frames - 1) * num_frames).reshape(num_frames - 1, num_frames)
     at_least = np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]  # at_least[s, j]: runs >= j
-    length = np.arange(num_frames)[None, :] - np.arange(num_frames - 1)[:, None]  # e - s
-    valid = (length >= 1) & (length <= HOLITOM_MAX_WINDOW - 1)
-    counts = np.take_along_axis(at_least, np.clip(length, 0, num_frames - 1), axis=1)
-    values[:-1] = np.where(valid, length * counts, 0)
-    return values
+    return holitom_values_from_counts(at_least[:, 1:])
 
 
 def holitom_segments(values: np.ndarray) -> List[int]:

@@ -38,8 +38,9 @@ from .segmentation import (
     consecutive_token_similarity,
     fastvid_segments,
     holitom_segments,
-    holitom_window_values,
-    run_lengths,
+    holitom_values_from_counts,
+    run_length_counts,
+    run_lengths_on_device,
 )
 
 NUM_VALUE_CHECKS = 4
@@ -88,14 +89,16 @@ def statistics_stage(
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
         token_similarity = consecutive_token_similarity(unit)
-        packed.append((token_similarity > config.static_threshold).flatten())
+        packed.append(run_lengths_on_device(token_similarity > config.static_threshold).flatten())
         if config.segmenter == "holitom":
-            packed.append((token_similarity > threshold).flatten())
+            runs = run_lengths_on_device(token_similarity > threshold)
+            packed.append(run_length_counts(runs).flatten())
         else:
             summary = global_features if global_features is not None else features32.mean(dim=1)
             frame_similarity = consecutive_frame_similarity(summary)
             packed += [frame_similarity, frame_similarity < threshold]
-    return torch.cat(packed), unit, saliency32, times32  # bool parts become float32
+    # Counts and run lengths (<= N * L) are exact in float32; bool parts become 0 / 1.
+    return torch.cat(packed).float(), unit, saliency32, times32
 
 
 def raise_on_bad_values(statistics: np.ndarray) -> None:
@@ -119,12 +122,12 @@ def segments_from_statistics(
     if num_frames == 1:
         return [1], np.zeros((0, num_tokens), dtype=np.int64)
     pairs = (num_frames - 1) * num_tokens
-    comparisons = statistics[NUM_VALUE_CHECKS:]
-    static_runs = run_lengths(comparisons[:pairs].reshape(num_frames - 1, num_tokens) > 0.5)
-    rest = comparisons[pairs:]
+    parts = statistics[NUM_VALUE_CHECKS:]
+    static_runs = parts[:pairs].reshape(num_frames - 1, num_tokens).astype(np.int64)
+    rest = parts[pairs:]
     if config.segmenter == "holitom":
-        values = holitom_window_values(run_lengths(rest.reshape(num_frames - 1, num_tokens) > 0.5))
-        return holitom_segments(values), static_runs
+        at_least = rest.reshape(num_frames - 1, num_frames - 1).astype(np.int64)
+        return holitom_segments(holitom_values_from_counts(at_least)), static_runs
     cuts = config.fastvid_cuts
     return fastvid_segments(rest[: num_frames - 1], rest[num_frames - 1 :] > 0.5, cuts), static_runs
 

@@ -3,7 +3,15 @@
 import itertools
 
 import numpy as np
-from tango_core.segmentation import fastvid_segments, holitom_segments, holitom_window_values, run_lengths
+import pytest
+import torch
+
+from tango_core.segmentation import (
+    fastvid_segments,
+    holitom_segments,
+    holitom_window_values,
+    run_lengths,
+)
 
 
 def _brute_force_values(above: np.ndarray) -> np.ndarray:
@@ -81,3 +89,22 @@ def test_fastvid_cuts_at_least_similar_and_below_threshold():
     tied = np.array([0.5, 0.5, 0.5], dtype=np.float32)
     assert fastvid_segments(tied, tied < 0.0, 2) == [1, 3]
     assert fastvid_segments(tied, tied < 0.0, 8) == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_device_run_lengths_and_window_counts_match_the_host_reference(seed):
+    from tango_core.segmentation import (
+        holitom_values_from_counts,
+        holitom_window_values,
+        run_length_counts,
+        run_lengths,
+        run_lengths_on_device,
+    )
+
+    rng = np.random.default_rng(seed)
+    num_frames, num_tokens = int(rng.integers(2, 40)), int(rng.integers(1, 30))
+    above = rng.random((num_frames - 1, num_tokens)) < rng.random()
+    runs = run_lengths_on_device(torch.from_numpy(above))
+    np.testing.assert_array_equal(runs.numpy(), run_lengths(above))
+    values = holitom_values_from_counts(run_length_counts(runs).numpy())
+    np.testing.assert_array_equal(values, holitom_window_values(run_lengths(above)))
