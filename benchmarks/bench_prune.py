@@ -60,19 +60,22 @@ def topk_baseline(features: torch.Tensor, saliency: torch.Tensor, budget: int) -
 
 
 def _stream(shape: str, videos: int, dim_override, dtype, device) -> dict:
-    """Per-call time over ``videos`` different clips (seeds and regimes), starting from an empty graph cache."""
+    """Per-call time over ``videos`` different clips (seeds, scene counts and regimes): with CUDA
+    graphs starting from an empty cache, and eagerly, on the same clips."""
     from tango_core.graphs import default_graphs
 
     frames, grid, dim, ratio, threshold = SHAPES[shape]
     dim = dim_override or dim
     config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
+    eager_config = replace(config, cuda_graphs=False)
     graphs = default_graphs()
     graphs.clear()
     before = (graphs.replays, graphs.captures, graphs.eager_runs)
     regimes = ("static", "mixed", "dynamic")
-    times = []
+    times, eager_times = [], []
     for index in tqdm(range(videos), desc=f"stream {shape}", file=sys.stderr):
         clip = structured_clip(frames, grid, dim, regimes[index % 3], 1 + index % 4, 1000 + index, dtype=dtype, device=device)
+        eager_times += _time(lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, eager_config), 1, 1, device)
         times += _time(lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config), 1, 0, device)
     return {
         "shape": shape,
@@ -80,11 +83,51 @@ def _stream(shape: str, videos: int, dim_override, dtype, device) -> dict:
         "mean_ms": statistics.mean(times),
         "median_ms": statistics.median(times),
         "last_half_mean_ms": statistics.mean(times[videos // 2 :]),
+        "eager_mean_ms": statistics.mean(eager_times),
+        "eager_median_ms": statistics.median(eager_times),
         "replays": graphs.replays - before[0],
         "captures": graphs.captures - before[1],
         "eager_runs": graphs.eager_runs - before[2],
         "times_ms": times,
+        "eager_times_ms": eager_times,
     }
+
+
+def _stage_times(clip, grid, config, runs: int = 20) -> dict:
+    """GPU time of each captured graph replayed alone, and host time of the planning between them,
+    for the clip the default graph cache saw last (medians, ms)."""
+    from tango_core.graphs import default_graphs
+    from tango_core.layout import bucket_size, build_layout, pack
+    from tango_core.stages import plan_from_segments, segments_from_statistics
+
+    video = next(reversed(default_graphs()._videos.values()))
+    layout_graph = next(reversed(video.layouts.values()))
+    num_frames, num_tokens = clip.saliency.shape
+    gpu = {"statistics": [], "rope": [], "layout": []}
+    host = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        events[0].record()
+        video.statistics.replay()
+        events[1].record()
+        video.rope.replay()
+        events[2].record()
+        layout_graph.call.replay()
+        events[3].record()
+        events[3].synchronize()
+        for index, name in enumerate(gpu):
+            gpu[name].append(events[index].elapsed_time(events[index + 1]))
+        start = time.perf_counter()
+        statistics_host = video.host_statistics.numpy()
+        segments, static_runs = segments_from_statistics(statistics_host, num_frames, num_tokens, config)
+        plan = plan_from_segments(static_runs, segments, num_tokens, config)
+        layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, bucket_size)
+        pack(layout.arrays, layout_graph.staging.numpy())
+        host.append((time.perf_counter() - start) * 1e3)
+    out = {f"gpu_{name}_ms": statistics.median(values) for name, values in gpu.items()}
+    out["host_plan_ms"] = statistics.median(host)
+    return out
 
 
 def _graph_memory(device: torch.device):
@@ -133,6 +176,7 @@ def main() -> None:
                 lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, eager_config),
                 args.runs, args.warmup, device,
             )
+            stages = _stage_times(clip, grid, config) if device.type == "cuda" else {}
             topk_ms = _time(lambda: topk_baseline(clip.features, clip.saliency, kept), args.runs, args.warmup, device)
             rows.append(
                 {
@@ -150,6 +194,7 @@ def main() -> None:
                     "second_call_ms": first_ms[0],
                     "eager_median_ms": statistics.median(eager_ms),
                     "topk_median_ms": statistics.median(topk_ms),
+                    **stages,
                 }
             )
             print(f"done {shape} {regime}", file=sys.stderr, flush=True)
@@ -172,11 +217,20 @@ def main() -> None:
             f"{100 * row['kept_fraction']:>6.2f}% {row['tango_median_ms']:>9.3f} {row['tango_p90_ms']:>8.3f} "
             f"{row['second_call_ms']:>9.3f} {row['eager_median_ms']:>9.3f} {row['topk_median_ms']:>9.3f}"
         )
+    if rows and "gpu_layout_ms" in rows[0]:
+        print("\nwhere the time goes with graphs (medians, ms): GPU time of each graph replayed alone; host planning")
+        print(f"{'shape':16} {'regime':8} {'statistics':>10} {'rope':>6} {'layout':>7} {'host plan':>9}")
+        for row in rows:
+            print(
+                f"{row['shape']:16} {row['regime']:8} {row['gpu_statistics_ms']:>10.3f} {row['gpu_rope_ms']:>6.3f} "
+                f"{row['gpu_layout_ms']:>7.3f} {row['host_plan_ms']:>9.3f}"
+            )
     for stream in streams:
         print(
             f"\nstream of {stream['videos']} different {stream['shape']} clips (empty graph cache): "
             f"mean {stream['mean_ms']:.3f} ms, median {stream['median_ms']:.3f} ms, "
-            f"last half mean {stream['last_half_mean_ms']:.3f} ms; layouts replayed {stream['replays']}, "
+            f"last half mean {stream['last_half_mean_ms']:.3f} ms (eager: mean {stream['eager_mean_ms']:.3f} ms, "
+            f"median {stream['eager_median_ms']:.3f} ms); layouts replayed {stream['replays']}, "
             f"captured {stream['captures']}, run eagerly {stream['eager_runs']}"
         )
     if graph_bytes is not None:
