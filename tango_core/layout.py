@@ -82,7 +82,7 @@ def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(total)
 
 
-def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: int = 1 << 24) -> List[np.ndarray]:
+def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: int = 1 << 22) -> List[np.ndarray]:
     """Group problems (by index into ``sizes``) into padded batches of width ``size_fn(max size)``.
 
     Problems are taken in ascending size; the next one joins the current group while the group's
@@ -115,7 +115,13 @@ def _tables(prefix: str, sizes: np.ndarray, centres: np.ndarray, num_neighbors: 
 
 
 def build_layout(
-    plan: BudgetPlan, num_frames: int, num_tokens: int, num_neighbors: int, size_fn: SizeFn = exact_size
+    plan: BudgetPlan,
+    num_frames: int,
+    num_tokens: int,
+    num_neighbors: int,
+    size_fn: SizeFn = exact_size,
+    merge_slack: float = 4.0,
+    merge_small: int = 1 << 22,
 ) -> DeviceLayout:
     """Tables of the device phase of ``plan`` for N = ``num_frames`` frames of L = ``num_tokens``.
 
@@ -123,6 +129,9 @@ def build_layout(
     frames; token l of extended frame e has id ``e * L + l``. Its output (and ST-RoPE) row is
     ``id + out_shift[e]`` (virtual frames land on their segment's first frame). The sentinel id
     ``E * L`` (E extended frames after padding) names a zero feature row and sorts last.
+    Context pools are merged in groups formed by :func:`merge_groups` with ``merge_slack`` and
+    ``merge_small``: loose grouping (few groups) suits eager launches, tight grouping (little
+    padding) suits CUDA graphs, where the GPU work is what remains.
     """
     L = num_tokens
     arrays: Dict[str, np.ndarray] = {}
@@ -176,7 +185,7 @@ def build_layout(
         if len(whole_slots):
             arrays["whole"] = _padded(whole_slots, size_fn(len(whole_slots)), pool_slots - 1)
         merged = np.flatnonzero((plan.pool_budget > 0) & (plan.pool_budget < plan.pool_size))
-        groups = merge_groups(plan.pool_size[merged], size_fn)
+        groups = merge_groups(plan.pool_size[merged], size_fn, merge_slack, merge_small)
         for g, group in enumerate(groups):
             pools = merged[group]
             sizes, anchors = plan.pool_size[pools], plan.pool_budget[pools]

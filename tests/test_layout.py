@@ -60,35 +60,42 @@ def cases(draw):
         exact_budget=draw(st.booleans()),
         own_anchor_merge=draw(st.booleans()),
     )
-    return clip, config
+    grouping = draw(st.sampled_from([(4.0, 1 << 22), (1.5, 1 << 20), (1.0, 0), (100.0, 1 << 30)]))
+    return clip, config, grouping
 
 
 @SETTINGS
 @given(cases())
 def test_padded_layout_gives_the_unpadded_result(case):
-    """What the CUDA graphs run (bucket-padded tables) equals the unpadded pipeline exactly."""
-    clip, config = case
+    """What the CUDA graphs run (bucket-padded tables, any grouping of pools) equals the
+    unpadded pipeline exactly."""
+    clip, config, grouping = case
     args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
     with torch.inference_mode():
         exact = _prune_eager(*args)
-        padded = _prune_eager(*args, size_fn=bucket_size)
+        padded = _prune_eager(*args, size_fn=bucket_size, merge_grouping=grouping)
     assert torch.equal(exact.keep_index, padded.keep_index)
     torch.testing.assert_close(exact.kept_features, padded.kept_features, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graphs_match_eager_and_survive_replays():
-    from tango_core.graphs import TangoGraphs
+@pytest.mark.parametrize("capture_after", [1, 2])
+def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
+    from tango_core.graphs import GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, TangoGraphs
 
-    graphs = TangoGraphs(capture_after=1)
+    graphs = TangoGraphs(capture_after=capture_after)
     config = TangoConfig(retention_ratio=0.15)
     clips = [structured_clip(8, (6, 6), 48, regime, 2, seed, device="cuda") for regime in ("static", "dynamic") for seed in (0, 1)]
-    for _ in range(3):  # first: capture; later: replays on refilled buffers
+    for _ in range(4):  # eager runs, captures, then replays on refilled buffers
         for clip in clips:
             args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
             graphed = graphs.prune(*args)
             with torch.inference_mode():
-                eager = _prune_eager(*args, size_fn=bucket_size)
+                eager = _prune_eager(*args, size_fn=bucket_size, merge_grouping=(GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL))
             assert torch.equal(graphed.keep_index, eager.keep_index)
             torch.testing.assert_close(graphed.kept_features, eager.kept_features)
-    assert graphs.replays >= len(clips)
+    assert graphs.captures >= 1 and graphs.replays >= len(clips)
+    with pytest.raises(ValueError, match="NaN"):  # checks still run on the graph path
+        bad = clips[0].features.clone()
+        bad[0, 0, 0] = float("nan")
+        tango_prune(bad, clips[0].saliency, clips[0].grid, clips[0].timestamps, config)
