@@ -89,7 +89,7 @@ class _LayoutGraph:
 
     def _upload(self, layout: DeviceLayout) -> None:
         self.uploaded.synchronize()  # the previous copy out of the staging buffer has finished
-        pack(layout.arrays, self.staging.numpy())
+        pack(layout.arrays, self.staging.numpy(), layout.spec)
         self.buffer.copy_(self.staging, non_blocking=True)
         self.uploaded.record()
 

@@ -15,7 +15,7 @@ The tables travel to the device as one byte buffer (:func:`pack`, :func:`unpack`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
@@ -56,7 +56,7 @@ class DeviceLayout:
     dims: Tuple[Tuple[str, int], ...]
     num_kept: int
 
-    @property
+    @cached_property
     def spec(self) -> Spec:
         return tuple((name, array.dtype.str, tuple(array.shape)) for name, array in self.arrays.items())
 
@@ -212,9 +212,11 @@ def packed_size(spec: Spec) -> int:
     return _offsets(spec)[1]
 
 
-def pack(arrays: Dict[str, np.ndarray], out: np.ndarray) -> None:
-    """Write the tables into ``out`` (uint8, at least :func:`packed_size` bytes)."""
-    spec = tuple((name, array.dtype.str, tuple(array.shape)) for name, array in arrays.items())
+def pack(arrays: Dict[str, np.ndarray], out: np.ndarray, spec: Spec | None = None) -> None:
+    """Write the tables into ``out`` (uint8, at least :func:`packed_size` bytes); ``spec``: theirs,
+    if already known."""
+    if spec is None:
+        spec = tuple((name, array.dtype.str, tuple(array.shape)) for name, array in arrays.items())
     offsets, _ = _offsets(spec)
     for array, offset in zip(arrays.values(), offsets):
         out[offset : offset + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)

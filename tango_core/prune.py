@@ -167,10 +167,10 @@ def upload_layout(layout: DeviceLayout, device: torch.device) -> torch.Tensor:
     """The layout's tables in one uint8 buffer on ``device``, copied without waiting for queued work."""
     if device.type != "cuda":
         buffer = np.zeros(packed_size(layout.spec), dtype=np.uint8)
-        pack(layout.arrays, buffer)
+        pack(layout.arrays, buffer, layout.spec)
         return torch.from_numpy(buffer).to(device)
     staging = torch.empty(packed_size(layout.spec), dtype=torch.uint8, pin_memory=True)
-    pack(layout.arrays, staging.numpy())
+    pack(layout.arrays, staging.numpy(), layout.spec)
     return staging.to(device, non_blocking=True)
 
 

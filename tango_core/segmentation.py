@@ -94,28 +94,41 @@ def holitom_window_values(runs: np.ndarray) -> np.ndarray:
     return holitom_values_from_counts(at_least[:, 1:])
 
 
-def holitom_segments(values: np.ndarray) -> List[int]:
+def holitom_segments(values: np.ndarray, python_below: int = 48) -> List[int]:
     """Dynamic programme of spec 4.1 on the host. values: (N, N) window values -> segment lengths.
 
     best(i) = max(best(i-1), max over s < i of best(s-1) + value[s, i]), candidates taken from the
-    largest s down (window sizes 2, 3, ...), the first strict maximum winning.
+    largest s down (window sizes 2, 3, ...), the first strict maximum winning. Below
+    ``python_below`` frames plain Python loops are faster than numpy's per-call overhead.
     """
     num_frames = values.shape[0]
-    columns = np.ascontiguousarray(values.T)  # columns[i, s] = value[s, i]
     best = [0] * (num_frames + 1)  # best[i + 1] = best(i); best[0] = best(-1) = 0
-    best_array = np.zeros(num_frames + 1, dtype=np.int64)
     start = list(range(num_frames))
-    for i in range(1, num_frames):
-        lowest = max(0, i - HOLITOM_MAX_WINDOW + 1)
-        # totals[j] for s = i - 1 - j (descending s); argmax returns the first maximum.
-        totals = (best_array[lowest:i] + columns[i, lowest:i])[::-1]
-        pick = int(totals.argmax())
-        top = int(totals[pick])
-        best[i + 1] = best[i]
-        if top > best[i]:
+    if num_frames < python_below:
+        columns = values.T.tolist()  # columns[i][s] = value[s, i]
+        for i in range(1, num_frames):
+            column, top, pick = columns[i], best[i], -1
+            for s in range(i - 1, max(0, i - HOLITOM_MAX_WINDOW + 1) - 1, -1):
+                total = best[s] + column[s]
+                if total > top:
+                    top, pick = total, s
             best[i + 1] = top
-            start[i] = i - 1 - pick
-        best_array[i + 1] = best[i + 1]
+            if pick >= 0:
+                start[i] = pick
+    else:
+        columns = np.ascontiguousarray(values.T)
+        best_array = np.zeros(num_frames + 1, dtype=np.int64)
+        for i in range(1, num_frames):
+            lowest = max(0, i - HOLITOM_MAX_WINDOW + 1)
+            # totals[j] for s = i - 1 - j (descending s); argmax returns the first maximum.
+            totals = (best_array[lowest:i] + columns[i, lowest:i])[::-1]
+            pick = int(totals.argmax())
+            top = int(totals[pick])
+            best[i + 1] = best[i]
+            if top > best[i]:
+                best[i + 1] = top
+                start[i] = i - 1 - pick
+            best_array[i + 1] = best[i + 1]
     lengths: List[int] = []
     end = num_frames - 1
     while end >= 0:

@@ -108,3 +108,12 @@ def test_device_run_lengths_and_window_counts_match_the_host_reference(seed):
     np.testing.assert_array_equal(runs.numpy(), run_lengths(above))
     values = holitom_values_from_counts(run_length_counts(runs).numpy())
     np.testing.assert_array_equal(values, holitom_window_values(run_lengths(above)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_python_and_numpy_programmes_agree(seed):
+    rng = np.random.default_rng(seed)
+    num_frames = int(rng.integers(2, 90))
+    above = rng.random((num_frames - 1, 13)) < rng.random()
+    values = holitom_window_values(run_lengths(above))
+    assert holitom_segments(values, python_below=0) == holitom_segments(values, python_below=10**6)
