@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tango_core import TangoConfig
+from tango_core import TangoConfig, tango_prune
 from tango_core.layout import bucket_size, exact_size, merge_groups, pack, packed_size, unpack
 from tango_core.prune import _prune_eager
 from tango_core.synthetic import structured_clip
