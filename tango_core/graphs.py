@@ -45,6 +45,13 @@ GRAPH_MERGE_SLACK = 1.5
 GRAPH_MERGE_SMALL = 1 << 20
 
 
+def graph_layout(plan, num_frames: int, num_tokens: int, config: TangoConfig) -> DeviceLayout:
+    """The padded layout the graph path runs for ``plan``."""
+    return build_layout(
+        plan, num_frames, num_tokens, config.num_neighbors, bucket_size, GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL
+    )
+
+
 class CapturedCall:
     """``function()`` (reading tensors it closes over) captured as a CUDA graph.
 
@@ -230,9 +237,7 @@ class TangoGraphs:
                 if not pruning:
                     return identity_result(features, segments)
                 plan = plan_from_segments(static_runs, segments, num_tokens, config)
-                layout = build_layout(
-                plan, num_frames, num_tokens, config.num_neighbors, bucket_size, GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL
-            )
+                layout = graph_layout(plan, num_frames, num_tokens, config)
             with record_function("tango.layout_stage"):
                 keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)
             count = layout.num_kept
