@@ -3,6 +3,7 @@
 from .config import SINK_PRESETS, TangoConfig
 from .intra_llm import IntraLLMResult, merge_and_prune_visual
 from .prune import TangoResult, tango_prune
+from .graphs import clear_cuda_graphs
 from .rope import st_rope
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "TangoConfig",
     "TangoResult",
     "tango_prune",
+    "clear_cuda_graphs",
     "st_rope",
     "IntraLLMResult",
     "merge_and_prune_visual",
