@@ -85,26 +85,26 @@ def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: int = 1 << 22) -> List[np.ndarray]:
     """Group problems (by index into ``sizes``) into padded batches of width ``size_fn(max size)``.
 
-    Problems are taken in ascending size; the next one joins the current group while the group's
-    padded distance matrices (count * width**2) stay within ``slack`` times their true size, or
-    below ``small`` elements. Few groups mean few kernels; bounded padding keeps memory and work
-    close to the unpadded problems.
+    Problems are taken largest first, so a group's first member fixes its width; the next one
+    joins while the group's padded distance matrices (``size_fn(count) * width**2``) stay within
+    ``slack`` times their true size, or below ``small`` elements. Few groups mean few kernels;
+    bounded padding keeps memory and work close to the unpadded problems.
     """
     if len(sizes) == 0:
         return []
-    order = np.argsort(sizes, kind="stable")
-    groups: List[List[int]] = [[int(order[0])]]
-    true_cost = float(sizes[order[0]]) ** 2
-    for index in order[1:]:
+    order = np.argsort(-np.asarray(sizes), kind="stable")
+    groups: List[List[int]] = []
+    width = true_cost = 0.0
+    for index in order:
         size = float(sizes[index])
-        width = float(size_fn(int(size)))  # ascending: this one sets the group's width
-        padded = size_fn(len(groups[-1]) + 1) * width * width
-        if padded <= slack * (true_cost + size * size) or padded <= small:
-            groups[-1].append(int(index))
-            true_cost += size * size
-        else:
-            groups.append([int(index)])
-            true_cost = size * size
+        if groups:
+            padded = size_fn(len(groups[-1]) + 1) * width * width
+            if padded <= slack * (true_cost + size * size) or padded <= small:
+                groups[-1].append(int(index))
+                true_cost += size * size
+                continue
+        groups.append([int(index)])
+        width, true_cost = float(size_fn(int(size))), size * size
     return [np.asarray(sorted(group), dtype=np.int64) for group in groups]
 
 
