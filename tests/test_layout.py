@@ -99,3 +99,22 @@ def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
         bad = clips[0].features.clone()
         bad[0, 0, 0] = float("nan")
         tango_prune(bad, clips[0].saliency, clips[0].grid, clips[0].timestamps, config)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_cache_stays_within_its_bounds_and_clears():
+    from tango_core.graphs import TangoGraphs
+
+    graphs = TangoGraphs(max_videos=1, max_layouts=1, capture_after=1)
+    config = TangoConfig(retention_ratio=0.2)
+    small = [structured_clip(6, (4, 4), 24, regime, 2, 0, device="cuda") for regime in ("static", "dynamic")]
+    large = structured_clip(10, (5, 5), 24, "mixed", 2, 0, device="cuda")
+    for clip in small + [large] + small:
+        result = graphs.prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+        with torch.inference_mode():
+            eager = _prune_eager(clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+        assert torch.equal(result.keep_index, eager.keep_index)
+        assert len(graphs._videos) == 1
+        assert all(len(video.layouts) <= 1 for video in graphs._videos.values())
+    graphs.clear()
+    assert not graphs._videos
