@@ -103,7 +103,7 @@ def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graph_cache_stays_within_its_bounds_and_clears():
-    from tango_core.graphs import TangoGraphs
+    from tango_core.graphs import GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, TangoGraphs
 
     graphs = TangoGraphs(max_videos=1, max_layouts=1, capture_after=1)
     config = TangoConfig(retention_ratio=0.2)
@@ -112,7 +112,10 @@ def test_graph_cache_stays_within_its_bounds_and_clears():
     for clip in small + [large] + small:
         result = graphs.prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
         with torch.inference_mode():
-            eager = _prune_eager(clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+            eager = _prune_eager(
+                clip.features, clip.saliency, clip.grid, clip.timestamps, config, None,
+                size_fn=bucket_size, merge_grouping=(GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL),
+            )
         assert torch.equal(result.keep_index, eager.keep_index)
         assert len(graphs._videos) == 1
         assert all(len(video.layouts) <= 1 for video in graphs._videos.values())
