@@ -27,7 +27,7 @@ import torch
 from torch.profiler import record_function
 
 from .config import TangoConfig, resolve_rope_sections
-from .layout import DeviceLayout, bucket_size, build_layout, pack, packed_size, unpack
+from .layout import DeviceLayout, bucket_size, build_layout, pack, packed_size, power_of_two_size, unpack
 from .prune import HostCopy, TangoResult, frame_times, identity_result, sink_tensor, upload_layout
 from .stages import (
     extended_table,
@@ -43,13 +43,13 @@ from .stages import (
 # Replayed graphs leave the GPU work as the cost: group context pools with little padding.
 GRAPH_MERGE_SLACK = 1.5
 GRAPH_MERGE_SMALL = 1 << 20
+# (merge_slack, merge_small, coarse_fn) of the layouts the graph path runs.
+GRAPH_LAYOUT = (GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, power_of_two_size)
 
 
 def graph_layout(plan, num_frames: int, num_tokens: int, config: TangoConfig) -> DeviceLayout:
     """The padded layout the graph path runs for ``plan``."""
-    return build_layout(
-        plan, num_frames, num_tokens, config.num_neighbors, bucket_size, GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL
-    )
+    return build_layout(plan, num_frames, num_tokens, config.num_neighbors, bucket_size, *GRAPH_LAYOUT)
 
 
 class CapturedCall:

@@ -43,6 +43,12 @@ def bucket_size(n: int) -> int:
     return -(-n // step) * step
 
 
+def power_of_two_size(n: int) -> int:
+    """Smallest power of two >= n (0 stays 0)."""
+    n = int(n)
+    return 0 if n == 0 else 1 << (n - 1).bit_length()
+
+
 @dataclass(frozen=True)
 class DeviceLayout:
     """Padded tables of one plan and the sizes that are not table shapes.
@@ -122,6 +128,7 @@ def build_layout(
     size_fn: SizeFn = exact_size,
     merge_slack: float = 4.0,
     merge_small: int = 1 << 22,
+    coarse_fn: SizeFn | None = None,
 ) -> DeviceLayout:
     """Tables of the device phase of ``plan`` for N = ``num_frames`` frames of L = ``num_tokens``.
 
@@ -131,8 +138,11 @@ def build_layout(
     ``E * L`` (E extended frames after padding) names a zero feature row and sorts last.
     Context pools are merged in groups formed by :func:`merge_groups` with ``merge_slack`` and
     ``merge_small``: loose grouping (few groups) suits eager launches, tight grouping (little
-    padding) suits CUDA graphs, where the GPU work is what remains.
+    padding) suits CUDA graphs, where the GPU work is what remains. ``coarse_fn`` (default:
+    ``size_fn``) pads the sizes whose padding costs little (centre counts, unit rows, index lists),
+    so that more layouts share a shape.
     """
+    coarse_fn = size_fn if coarse_fn is None else coarse_fn
     L = num_tokens
     arrays: Dict[str, np.ndarray] = {}
 
@@ -151,7 +161,7 @@ def build_layout(
     arrays["out_shift"] = out_shift
 
     num_units = len(plan.unit_frame)
-    unit_rows = size_fn(num_units)  # plus one spare row that nothing selects or pools
+    unit_rows = coarse_fn(num_units)  # plus one spare row that nothing selects or pools
     arrays["unit_positions"] = _padded(plan.unit_positions, unit_rows + 1, False)
 
     # Salient selection: one batch of the units with k' > 0, candidates in saliency order.
@@ -160,7 +170,7 @@ def build_layout(
         rows = size_fn(len(salient_units))
         candidates, picks = plan.unit_candidates[salient_units], plan.unit_salient[salient_units]
         width = min(size_fn(int(candidates.max())), L)
-        most = min(size_fn(int(picks.max())), width)  # picks <= candidates
+        most = min(coarse_fn(int(picks.max())), width)  # picks <= candidates
         frame = plan.unit_frame[salient_units]
         arrays.update(_tables("salient", candidates, picks, num_neighbors, rows, width, most))
         arrays["salient.unit"] = _padded(salient_units, rows, unit_rows)
@@ -174,7 +184,7 @@ def build_layout(
     total_pool = int(plan.pool_size.sum())
     dims = [("pool_slots", 0), ("merge_groups", 0)]
     if total_pool:
-        pool_slots = size_fn(total_pool + 1)
+        pool_slots = coarse_fn(total_pool + 1)
         pool_shift = np.zeros(unit_rows + 1, dtype=np.int64)
         pool_shift[:num_units] = (plan.unit_frame - np.arange(num_units)) * L
         pool_shift[unit_rows] = (num_extended - unit_rows) * L  # the spare row's tokens are sentinels
@@ -183,13 +193,14 @@ def build_layout(
         whole = np.flatnonzero((plan.pool_budget >= plan.pool_size) & (plan.pool_size > 0))
         whole_slots = _concatenated_ranges(pool_offset[whole], plan.pool_size[whole])
         if len(whole_slots):
-            arrays["whole"] = _padded(whole_slots, size_fn(len(whole_slots)), pool_slots - 1)
+            arrays["whole"] = _padded(whole_slots, coarse_fn(len(whole_slots)), pool_slots - 1)
         merged = np.flatnonzero((plan.pool_budget > 0) & (plan.pool_budget < plan.pool_size))
         groups = merge_groups(plan.pool_size[merged], size_fn, merge_slack, merge_small)
         for g, group in enumerate(groups):
             pools = merged[group]
             sizes, anchors = plan.pool_size[pools], plan.pool_budget[pools]
-            rows, width, most = size_fn(len(pools)), size_fn(int(sizes.max())), size_fn(int(anchors.max()))
+            rows, width = size_fn(len(pools)), size_fn(int(sizes.max()))
+            most = min(coarse_fn(int(anchors.max())), width)  # anchors < sizes
             members = pool_offset[pools][:, None] + np.minimum(np.arange(width)[None, :], sizes[:, None] - 1)
             arrays.update(_tables(f"merge{g}", sizes, anchors, num_neighbors, rows, width, most))
             arrays[f"merge{g}.members"] = _padded(members, rows, 0)

@@ -189,12 +189,13 @@ def _prune_eager(
     config: TangoConfig,
     global_features: Optional[torch.Tensor],
     size_fn: SizeFn = exact_size,
-    merge_grouping: Tuple[float, int] = (4.0, 1 << 22),
+    layout_options: tuple = (4.0, 1 << 22),
 ) -> TangoResult:
     """:func:`tango_prune` after validation, running every stage eagerly.
 
     ``size_fn`` pads the layout (default: no padding; the graph path pads with ``bucket_size``);
-    ``merge_grouping``: (slack, small) of :func:`~tango_core.layout.merge_groups`.
+    ``layout_options``: the further arguments of :func:`~tango_core.layout.build_layout`
+    (merge_slack, merge_small[, coarse_fn]).
     """
     num_frames, num_tokens, dim = features.shape
     device = features.device
@@ -213,7 +214,7 @@ def _prune_eager(
     if not pruning:
         return identity_result(features, segments)
     plan = plan_from_segments(static_runs, segments, num_tokens, config)
-    layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, size_fn, *merge_grouping)
+    layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, size_fn, *layout_options)
     tables = unpack(upload_layout(layout, device), layout.spec)
     keep, kept = layout_stage(tables, dict(layout.dims), extended, saliency32, rope, config)
     count = layout.num_kept

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tango_core import TangoConfig, tango_prune
-from tango_core.layout import bucket_size, exact_size, merge_groups, pack, packed_size, unpack
+from tango_core.layout import bucket_size, exact_size, merge_groups, pack, packed_size, power_of_two_size, unpack
 from tango_core.prune import _prune_eager
 from tango_core.synthetic import structured_clip
 
@@ -61,19 +61,20 @@ def cases(draw):
         own_anchor_merge=draw(st.booleans()),
     )
     grouping = draw(st.sampled_from([(4.0, 1 << 22), (1.5, 1 << 20), (1.0, 0), (100.0, 1 << 30)]))
-    return clip, config, grouping
+    coarse = draw(st.sampled_from([None, power_of_two_size]))
+    return clip, config, grouping + (coarse,)
 
 
 @SETTINGS
 @given(cases())
 def test_padded_layout_gives_the_unpadded_result(case):
-    """What the CUDA graphs run (bucket-padded tables, any grouping of pools) equals the
-    unpadded pipeline exactly."""
+    """What the CUDA graphs run (bucket-padded tables, coarser padding of cheap sizes, any grouping
+    of pools) equals the unpadded pipeline exactly."""
     clip, config, grouping = case
     args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
     with torch.inference_mode():
         exact = _prune_eager(*args)
-        padded = _prune_eager(*args, size_fn=bucket_size, merge_grouping=grouping)
+        padded = _prune_eager(*args, size_fn=bucket_size, layout_options=grouping)
     assert torch.equal(exact.keep_index, padded.keep_index)
     torch.testing.assert_close(exact.kept_features, padded.kept_features, rtol=1e-6, atol=1e-6)
 
@@ -81,7 +82,7 @@ def test_padded_layout_gives_the_unpadded_result(case):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("capture_after", [1, 2])
 def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
-    from tango_core.graphs import GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, TangoGraphs
+    from tango_core.graphs import GRAPH_LAYOUT, TangoGraphs
 
     graphs = TangoGraphs(capture_after=capture_after)
     config = TangoConfig(retention_ratio=0.15)
@@ -91,7 +92,7 @@ def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
             args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
             graphed = graphs.prune(*args)
             with torch.inference_mode():
-                eager = _prune_eager(*args, size_fn=bucket_size, merge_grouping=(GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL))
+                eager = _prune_eager(*args, size_fn=bucket_size, layout_options=GRAPH_LAYOUT)
             assert torch.equal(graphed.keep_index, eager.keep_index)
             torch.testing.assert_close(graphed.kept_features, eager.kept_features)
     assert graphs.captures >= 1 and graphs.replays >= len(clips)
@@ -103,7 +104,7 @@ def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graph_cache_stays_within_its_bounds_and_clears():
-    from tango_core.graphs import GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, TangoGraphs
+    from tango_core.graphs import GRAPH_LAYOUT, TangoGraphs
 
     graphs = TangoGraphs(max_videos=1, max_layouts=1, capture_after=1)
     config = TangoConfig(retention_ratio=0.2)
@@ -114,7 +115,7 @@ def test_graph_cache_stays_within_its_bounds_and_clears():
         with torch.inference_mode():
             eager = _prune_eager(
                 clip.features, clip.saliency, clip.grid, clip.timestamps, config, None,
-                size_fn=bucket_size, merge_grouping=(GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL),
+                size_fn=bucket_size, layout_options=GRAPH_LAYOUT,
             )
         assert torch.equal(result.keep_index, eager.keep_index)
         assert len(graphs._videos) == 1
