@@ -58,7 +58,8 @@ def model_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def vanilla(model_dir) -> Qwen25VLTango:
-    return Qwen25VLTango.from_pretrained(model_dir, tango=None, **SMALL)
+    # Explicitly on the CPU in float32, so the tests behave the same on GPU machines.
+    return Qwen25VLTango.from_pretrained(model_dir, tango=None, dtype=torch.float32, device="cpu", **SMALL)
 
 
 def _with(base: Qwen25VLTango, ratio: float) -> Qwen25VLTango:
@@ -69,10 +70,13 @@ def _with(base: Qwen25VLTango, ratio: float) -> Qwen25VLTango:
 # Loading
 
 
-def test_from_pretrained_defaults(vanilla):
-    assert vanilla.model.dtype == torch.float32
+def test_from_pretrained_defaults(model_dir, vanilla):
+    default = Qwen25VLTango.from_pretrained(model_dir, tango=None, **SMALL)
+    on_gpu = torch.cuda.is_available()
+    assert default.device.type == ("cuda" if on_gpu else "cpu")
+    assert default.model.dtype == (torch.bfloat16 if on_gpu else torch.float32)
+    del default
     assert vanilla.model.config._attn_implementation == "sdpa"
-    assert vanilla.device.type == "cpu"
     assert vanilla.model.config.vision_config.fullatt_block_indexes[-1] == len(vanilla.model.model.visual.blocks) - 1
     text = vanilla.tokenizer.decode(vanilla.prepare_inputs(_frames(4), QUESTION).input_ids[0].tolist())
     assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|><|video_pad|>")
@@ -85,7 +89,7 @@ def test_from_pretrained_defaults(vanilla):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_ratio_one_equals_vanilla(model_dir, vanilla, dtype):
-    base = vanilla if dtype == torch.float32 else Qwen25VLTango.from_pretrained(model_dir, dtype=dtype, **SMALL)
+    base = vanilla if dtype == torch.float32 else Qwen25VLTango.from_pretrained(model_dir, dtype=dtype, device="cpu", **SMALL)
     full = _with(base, 1.0)
     frames = _frames(8)
     ref = base.first_token_logits(frames, QUESTION)
