@@ -293,6 +293,7 @@ def test_patchify_matches_image_processor():
 
 
 def test_video_file_sampling_and_timestamps(vanilla, tmp_path):
+    pytest.importorskip("av")  # writes the test video (requirements.txt installs it)
     path = write_video(str(tmp_path / "clip.mp4"), _frames(12, seed=3), fps=4)
     clip = vanilla.load_clip(path)
     assert clip.frames.shape == (6, 112, 140, 3)  # 3 s at 2 fps
@@ -312,6 +313,7 @@ def test_video_file_sampling_and_timestamps(vanilla, tmp_path):
 
 
 def test_bad_videos_raise_clear_errors(vanilla, tmp_path):
+    pytest.importorskip("av")  # writes a one-frame video (requirements.txt installs it)
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"this is not a video file" * 64)
     with pytest.raises(ValueError, match="(?i)decod|video"):
