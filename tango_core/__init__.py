@@ -1,9 +1,9 @@
 """Tango: training-free visual token pruning for video LLMs (Yin et al., 2026)."""
 
 from .config import SINK_PRESETS, TangoConfig
+from .graphs import clear_cuda_graphs
 from .intra_llm import IntraLLMResult, merge_and_prune_visual
 from .prune import TangoResult, tango_prune
-from .graphs import clear_cuda_graphs
 from .rope import st_rope
 
 __all__ = [

@@ -32,10 +32,8 @@ from .prune import HostCopy, TangoResult, frame_times, identity_result, sink_ten
 from .stages import (
     extended_table,
     layout_stage,
-    plan_from_segments,
-    raise_on_bad_values,
+    plan_from_statistics,
     rope_stage,
-    segments_from_statistics,
     statistics_stage,
 )
 
@@ -231,12 +229,10 @@ class TangoGraphs:
             with record_function("tango.wait"):
                 host = copy.wait()
             with record_function("tango.plan"):
-                raise_on_bad_values(host)
                 num_frames, num_tokens, _ = features.shape
-                segments, static_runs = segments_from_statistics(host, num_frames, num_tokens, config)
-                if not pruning:
+                segments, plan = plan_from_statistics(host, num_frames, num_tokens, config)
+                if plan is None:
                     return identity_result(features, segments)
-                plan = plan_from_segments(static_runs, segments, num_tokens, config)
                 layout = graph_layout(plan, num_frames, num_tokens, config)
             with record_function("tango.layout_stage"):
                 keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)

@@ -20,10 +20,8 @@ from .layout import DeviceLayout, SizeFn, build_layout, exact_size, pack, packed
 from .stages import (
     extended_table,
     layout_stage,
-    plan_from_segments,
-    raise_on_bad_values,
+    plan_from_statistics,
     rope_stage,
-    segments_from_statistics,
     statistics_stage,
 )
 
@@ -208,12 +206,9 @@ def _prune_eager(
     pruning = config.retention_ratio < 1.0
     if pruning:  # queued while the statistics travel and the host plans
         rope = rope_stage(unit, times32, grid, resolve_rope_sections(dim, config.rope_sections), config)
-    host = copy.wait()
-    raise_on_bad_values(host)
-    segments, static_runs = segments_from_statistics(host, num_frames, num_tokens, config)
-    if not pruning:
+    segments, plan = plan_from_statistics(copy.wait(), num_frames, num_tokens, config)
+    if plan is None:
         return identity_result(features, segments)
-    plan = plan_from_segments(static_runs, segments, num_tokens, config)
     layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, size_fn, *layout_options)
     tables = unpack(upload_layout(layout, device), layout.spec)
     keep, kept = layout_stage(tables, dict(layout.dims), extended, saliency32, rope, config)

@@ -147,6 +147,21 @@ def plan_from_segments(
     return build_plan(static_positions(static_runs, segment_lengths, num_tokens), segment_lengths, config)
 
 
+def plan_from_statistics(
+    statistics: np.ndarray, num_frames: int, num_tokens: int, config: TangoConfig
+) -> Tuple[List[int], Optional[BudgetPlan]]:
+    """Everything the host does between the two device phases: check the values, segment, plan.
+
+    Returns the segment lengths and the budget plan (None when ``retention_ratio == 1.0``: no
+    pruning, nothing to plan).
+    """
+    raise_on_bad_values(statistics)
+    segments, static_runs = segments_from_statistics(statistics, num_frames, num_tokens, config)
+    if config.retention_ratio >= 1.0:
+        return segments, None
+    return segments, plan_from_segments(static_runs, segments, num_tokens, config)
+
+
 def rope_stage(
     unit: torch.Tensor, times: torch.Tensor, grid: Tuple[int, int], sections: Tuple[int, int, int], config: TangoConfig
 ) -> Points:
