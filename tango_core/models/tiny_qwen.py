@@ -99,6 +99,22 @@ def special_token_ids(tokenizer) -> Dict[str, int]:
     }
 
 
+def _qwen25vl_config(text: dict, vision: dict, token_ids: Dict[str, int]):
+    """``Qwen2_5_VLConfig`` from text and vision settings and the special token ids."""
+    from transformers import Qwen2_5_VLConfig
+
+    text = dict(text, **{name: token_ids[name] for name in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=token_ids["image_token_id"],
+        video_token_id=token_ids["video_token_id"],
+        vision_start_token_id=token_ids["vision_start_token_id"],
+        vision_end_token_id=token_ids["vision_end_token_id"],
+        tie_word_embeddings=False,
+    )
+
+
 def tiny_qwen25vl_config(
     vocab_size: int,
     token_ids: Dict[str, int],
@@ -113,8 +129,6 @@ def tiny_qwen25vl_config(
     out_hidden 64. Text: ``text_layers`` layers, hidden 64, 4 heads of 16 (2 KV heads),
     mrope_section [2, 3, 3] (sums to head_dim / 2).
     """
-    from transformers import Qwen2_5_VLConfig
-
     vision = {
         "depth": vision_depth,
         "hidden_size": 32,
@@ -140,19 +154,8 @@ def tiny_qwen25vl_config(
         "max_position_embeddings": 8192,
         "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-        "bos_token_id": token_ids["bos_token_id"],
-        "eos_token_id": token_ids["eos_token_id"],
-        "pad_token_id": token_ids["pad_token_id"],
     }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=token_ids["image_token_id"],
-        video_token_id=token_ids["video_token_id"],
-        vision_start_token_id=token_ids["vision_start_token_id"],
-        vision_end_token_id=token_ids["vision_end_token_id"],
-        tie_word_embeddings=False,
-    )
+    return _qwen25vl_config(text, vision, token_ids)
 
 
 @torch.no_grad()
@@ -241,8 +244,6 @@ def qwen25vl_7b_config(token_ids: Optional[Dict[str, int]] = None):
     ``token_ids`` (keys as returned by :func:`special_token_ids`) overrides the special token ids,
     e.g. to pair the 7B shape with the tiny tokenizer in a smoke run.
     """
-    from transformers import Qwen2_5_VLConfig
-
     ids = {
         "image_token_id": 151655,
         "video_token_id": 151656,
@@ -280,19 +281,8 @@ def qwen25vl_7b_config(token_ids: Optional[Dict[str, int]] = None):
         "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
         "use_sliding_window": False,
-        "bos_token_id": ids["bos_token_id"],
-        "eos_token_id": ids["eos_token_id"],
-        "pad_token_id": ids["pad_token_id"],
     }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["image_token_id"],
-        video_token_id=ids["video_token_id"],
-        vision_start_token_id=ids["vision_start_token_id"],
-        vision_end_token_id=ids["vision_end_token_id"],
-        tie_word_embeddings=False,
-    )
+    return _qwen25vl_config(text, vision, ids)
 
 
 @torch.no_grad()
