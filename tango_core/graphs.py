@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -84,23 +85,21 @@ class _LayoutGraph:
         self, layout: DeviceLayout, inputs: Callable[[], tuple], config: TangoConfig, pool: tuple, warm_up: bool
     ) -> None:
         size = packed_size(layout.spec)
-        self.staging = torch.zeros(size, dtype=torch.uint8, pin_memory=True)
-        self.buffer = torch.zeros(size, dtype=torch.uint8, device="cuda")
+        device = inputs()[0].device
+        self.staging = torch.zeros(size, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        self.buffer = torch.zeros(size, dtype=torch.uint8, device=device)
         self.uploaded = torch.cuda.Event()
         self.uploaded.record()
-        self._upload(layout)
+        self.upload(layout)
         tables, dims = unpack(self.buffer, layout.spec), dict(layout.dims)
         self.call = CapturedCall(lambda: layout_stage(tables, dims, *inputs(), config), pool, warm_up)
 
-    def _upload(self, layout: DeviceLayout) -> None:
+    def upload(self, layout: DeviceLayout) -> None:
+        """Copy a layout of this shape into the graph's input buffer (before a replay)."""
         self.uploaded.synchronize()  # the previous copy out of the staging buffer has finished
         pack(layout.arrays, self.staging.numpy(), layout.spec)
         self.buffer.copy_(self.staging, non_blocking=True)
         self.uploaded.record()
-
-    def run(self, layout: DeviceLayout) -> Tuple[torch.Tensor, torch.Tensor]:
-        self._upload(layout)
-        return self.call.replay()
 
 
 class _VideoGraphs:
@@ -124,14 +123,15 @@ class _VideoGraphs:
         self.saliency = torch.zeros_like(saliency, memory_format=torch.contiguous_format)
         self.times = frame_times(timestamps, features.shape[0], device).clone()
         self.global_features = None if global_features is None else torch.zeros_like(global_features)
-        self.has_timestamps = timestamps is not None
         sinks = sink_tensor(config, device)
         self.fill(features, saliency, timestamps, global_features)
         self.statistics = CapturedCall(
             lambda: statistics_stage(self.extended, self.saliency, self.times, self.global_features, sinks, config),
             self.pool,
         )
-        self.host_statistics = torch.empty(self.statistics.outputs[0].shape, dtype=torch.float32, pin_memory=True)
+        self.host_statistics = torch.empty(
+            self.statistics.outputs[0].shape, dtype=torch.float32, pin_memory=device.type == "cuda"
+        )
         self.rope: Optional[CapturedCall] = None
         self.sections = resolve_rope_sections(features.shape[-1], config.rope_sections)
         self.layouts: "OrderedDict[tuple, _LayoutGraph]" = OrderedDict()
@@ -196,12 +196,16 @@ class TangoGraphs:
             self._videos.clear()
         gc.collect()  # graphs and the closures they keep alive form reference cycles
 
-    def _video(self, key: tuple, *args) -> _VideoGraphs:
+    def _video(self, features, saliency, grid, timestamps, config, global_features) -> _VideoGraphs:
+        """The graphs of this call's video shape, their static inputs filled with the call's."""
+        key = _video_key(features, saliency, timestamps, global_features, grid, config)
         video = self._videos.pop(key, None)
-        if video is None:
-            video = _VideoGraphs(*args)
+        if video is None:  # its constructor fills the inputs before capturing
+            video = _VideoGraphs(features, saliency, timestamps, global_features, grid, config)
             while len(self._videos) >= self.max_videos:
                 self._videos.popitem(last=False)
+        else:
+            video.fill(features, saliency, timestamps, global_features)
         self._videos[key] = video
         return video
 
@@ -214,32 +218,36 @@ class TangoGraphs:
         config: TangoConfig,
         global_features: Optional[torch.Tensor],
     ) -> TangoResult:
-        """:func:`tango_core.tango_prune` of validated CUDA inputs, through graphs."""
-        with self._lock, torch.cuda.device(features.device):
-            key = _video_key(features, saliency, timestamps, global_features, grid, config)
-            fresh = key not in self._videos
-            video = self._video(key, features, saliency, timestamps, global_features, grid, config)
-            if not fresh:
-                video.fill(features, saliency, timestamps, global_features)
-            statistics, _, saliency32, _ = video.statistics.replay()
-            copy = HostCopy(statistics, video.host_statistics)
-            pruning = config.retention_ratio < 1.0
-            if pruning:
-                (rope,) = video.rope_call(config).replay()
-            with record_function("tango.wait"):
-                host = copy.wait()
-            with record_function("tango.plan"):
-                num_frames, num_tokens, _ = features.shape
-                segments, plan = plan_from_statistics(host, num_frames, num_tokens, config)
-                if plan is None:
-                    return identity_result(features, segments)
-                layout = graph_layout(plan, num_frames, num_tokens, config)
-            with record_function("tango.layout_stage"):
-                keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)
-            count = layout.num_kept
-            # Graph outputs are overwritten by the next replay: hand back copies.
-            kept = kept[:count].to(features.dtype, copy=True)
-            return TangoResult(keep_index=keep[:count].clone(), kept_features=kept, segments=segments)
+        """:func:`tango_core.tango_prune` of validated CUDA inputs, through graphs.
+
+        The work runs in inference mode; the outputs are copied after it (graph outputs are
+        overwritten by the next replay), so outside inference mode they are ordinary tensors.
+        """
+        with self._lock, torch.cuda.device(features.device) if features.is_cuda else nullcontext():
+            with torch.inference_mode():
+                result = self._prune(features, saliency, grid, timestamps, config, global_features)
+            kept = result.kept_features.to(features.dtype, copy=True)
+            return TangoResult(keep_index=result.keep_index.clone(), kept_features=kept, segments=result.segments)
+
+    def _prune(self, features, saliency, grid, timestamps, config, global_features) -> TangoResult:
+        """:meth:`prune` before the copies: its outputs are views of graph buffers."""
+        video = self._video(features, saliency, grid, timestamps, config, global_features)
+        statistics, _, saliency32, _ = video.statistics.replay()
+        copy = HostCopy(statistics, video.host_statistics)
+        pruning = config.retention_ratio < 1.0
+        if pruning:
+            (rope,) = video.rope_call(config).replay()
+        with record_function("tango.wait"):
+            host = copy.wait()
+        with record_function("tango.plan"):
+            num_frames, num_tokens, _ = features.shape
+            segments, plan = plan_from_statistics(host, num_frames, num_tokens, config)
+            if plan is None:
+                return identity_result(features, segments)
+            layout = graph_layout(plan, num_frames, num_tokens, config)
+        with record_function("tango.layout_stage"):
+            keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)
+        return TangoResult(keep_index=keep[: layout.num_kept], kept_features=kept[: layout.num_kept], segments=segments)
 
     def _run_layout(self, video: _VideoGraphs, layout: DeviceLayout, inputs: tuple, config: TangoConfig):
         key = (layout.key, config.num_neighbors, config.beta, config.own_anchor_merge)
@@ -258,9 +266,11 @@ class TangoGraphs:
             self.captures += 1
             while len(video.layouts) >= self.max_layouts:
                 video.layouts.popitem(last=False)
+        else:
+            graph.upload(layout)
         video.layouts[key] = graph
         self.replays += 1
-        return graph.run(layout)
+        return graph.call.replay()
 
 
 _DEFAULT: Optional[TangoGraphs] = None

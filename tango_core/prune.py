@@ -114,15 +114,14 @@ def tango_prune(
     """
     config = config if config is not None else TangoConfig()
     grid = _validate(features, saliency, grid, timestamps, global_features, config)
+    if features.is_cuda and config.cuda_graphs:
+        from .graphs import default_graphs
+
+        return default_graphs().prune(features, saliency, grid, timestamps, config, global_features)
     # Inference mode skips autograd's per-operation bookkeeping: the pipeline is launch-bound, so
     # this is a large share of its host time. Outputs are cloned out of it as ordinary tensors.
     with torch.inference_mode():
-        if features.is_cuda and config.cuda_graphs:
-            from .graphs import default_graphs
-
-            result = default_graphs().prune(features, saliency, grid, timestamps, config, global_features)
-        else:
-            result = _prune_eager(features, saliency, grid, timestamps, config, global_features)
+        result = _prune_eager(features, saliency, grid, timestamps, config, global_features)
     if torch.is_inference_mode_enabled():
         return result
     return TangoResult(result.keep_index.clone(), result.kept_features.clone(), result.segments)
@@ -187,13 +186,13 @@ def _prune_eager(
     config: TangoConfig,
     global_features: Optional[torch.Tensor],
     size_fn: SizeFn = exact_size,
-    layout_options: tuple = (4.0, 1 << 22),
+    layout_options: tuple = (),
 ) -> TangoResult:
     """:func:`tango_prune` after validation, running every stage eagerly.
 
     ``size_fn`` pads the layout (default: no padding; the graph path pads with ``bucket_size``);
-    ``layout_options``: the further arguments of :func:`~tango_core.layout.build_layout`
-    (merge_slack, merge_small[, coarse_fn]).
+    ``layout_options``: further arguments of :func:`~tango_core.layout.build_layout`
+    (merge_slack, merge_small, coarse_fn; default: its defaults).
     """
     num_frames, num_tokens, dim = features.shape
     device = features.device

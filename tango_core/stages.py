@@ -84,7 +84,7 @@ def statistics_stage(
     if sinks is not None:
         saliency32 = saliency32.index_fill(1, sinks, 0.0)
     times32 = times.float()
-    # NaN and inf propagate into these sums (unit vectors cannot overflow them): one reduction each.
+    # NaN and inf in an input make its sum (for the features: of the norms) non-finite.
     packed = [torch.stack((norms.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
@@ -103,8 +103,8 @@ def statistics_stage(
 
 def raise_on_bad_values(statistics: np.ndarray) -> None:
     """statistics: the host copy of :func:`statistics_stage`'s first output."""
-    unit_sum, saliency_sum, saliency_min, times_sum = statistics[:NUM_VALUE_CHECKS]
-    features_finite, saliency_finite, times_finite = np.isfinite([unit_sum, saliency_sum, times_sum])
+    norm_sum, saliency_sum, saliency_min, times_sum = statistics[:NUM_VALUE_CHECKS]
+    features_finite, saliency_finite, times_finite = np.isfinite([norm_sum, saliency_sum, times_sum])
     if not features_finite:
         raise ValueError("features contain NaN or infinite values; check the vision encoder's output and its dtype.")
     if not saliency_finite:

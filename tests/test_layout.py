@@ -122,3 +122,63 @@ def test_graph_cache_stays_within_its_bounds_and_clears():
         assert all(len(video.layouts) <= 1 for video in graphs._videos.values())
     graphs.clear()
     assert not graphs._videos
+
+
+class _ReplayedCall:
+    """Stand-in for a captured CUDA graph on the CPU: replays recompute into the same tensors."""
+
+    def __init__(self, function, pool, warm_up=True):
+        self.function = function
+        self.outputs = function()
+        self.calls = 0
+
+    def replay(self):
+        self.calls += 1
+        for old, new in zip(self.outputs, self.function()):
+            old.copy_(new)
+        return self.outputs
+
+
+class _NoEvent:
+    def record(self):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+def test_graph_cache_logic_on_cpu(monkeypatch):
+    """The cache's bookkeeping (video shapes, layout keys, eager first sight, capture, replays of
+    refilled buffers, output copies, bounds) with graphs replaced by recomputation."""
+    from tango_core import graphs as graph_module
+
+    monkeypatch.setattr(graph_module, "CapturedCall", _ReplayedCall)
+    monkeypatch.setattr(torch.cuda, "Event", _NoEvent)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    cache = graph_module.TangoGraphs(max_videos=2, max_layouts=2)
+    config = TangoConfig(retention_ratio=0.2)
+    # Pairs of clips whose plans differ but share a padded layout shape, so replays must upload.
+    pairs = [("static", 3), ("static", 6), ("dynamic", 0), ("dynamic", 4)]
+    clips = [structured_clip(6, (4, 4), 24, regime, 2, seed) for regime, seed in pairs]
+    other_shape = structured_clip(5, (3, 3), 24, "mixed", 2, 0)
+    outputs = []
+    for _ in range(3):
+        for clip in clips + [other_shape]:
+            args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+            result = cache.prune(*args)
+            with torch.inference_mode():
+                expected = _prune_eager(*args, size_fn=bucket_size, layout_options=graph_module.GRAPH_LAYOUT)
+            assert torch.equal(result.keep_index, expected.keep_index)
+            assert torch.equal(result.kept_features, expected.kept_features)
+            assert not result.kept_features.is_inference()
+            outputs.append(result)
+            assert len(cache._videos) <= 2 and all(len(v.layouts) <= 2 for v in cache._videos.values())
+    assert cache.eager_runs >= 1 and cache.captures >= 1 and cache.replays >= 1
+    # Results handed out earlier are copies: later replays did not overwrite them.
+    first = clips[0]
+    again = _prune_eager(first.features, first.saliency, first.grid, first.timestamps, config, None)
+    assert torch.equal(outputs[0].keep_index, again.keep_index)
+    identity = cache.prune(first.features, first.saliency, first.grid, first.timestamps, TangoConfig(1.0), None)
+    assert torch.equal(identity.kept_features, first.features.reshape(-1, 24))
+    cache.clear()
+    assert not cache._videos
