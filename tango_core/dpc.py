@@ -66,6 +66,9 @@ def problem_tables(
     return ProblemTables(**{name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()})
 
 
+SPLIT_SCALE = 1024.0  # see pairwise_distances
+
+
 @dataclass
 class SplitPoints:
     """Points split for tensor-core distances: ``points * 2**10 = high + low`` in fp16.
@@ -112,8 +115,9 @@ def pairwise_distances(points: Points) -> torch.Tensor:
     float32 rounding and dropped), several times faster than a float32 GEMM at D = 3584. Points
     are scaled by 2**10 first so that ``lo`` stays in fp16's normal range, which needs
     coordinates below 64 in magnitude: ST-RoPE features have unit norm. :class:`SplitPoints`
-    (split once per token by the caller) take this path anywhere; float32 tensors take it on
-    CUDA and ``torch.cdist`` elsewhere.
+    (split once per token by the caller; CUDA only, as the fp16 products with float32 output
+    are) take this path directly; float32 tensors are split here on CUDA and go to
+    ``torch.cdist`` elsewhere.
     """
     if isinstance(points, torch.Tensor):
         if not points.is_cuda:
@@ -126,8 +130,6 @@ def pairwise_distances(points: Points) -> torch.Tensor:
     squared = (squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(1)).sub_(gram, alpha=2.0)
     return squared.clamp_(min=0.0).sqrt_()
 
-
-SPLIT_SCALE = 1024.0
 
 
 def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
