@@ -93,24 +93,25 @@ def _capacity(static: np.ndarray, segment_lengths: List[int]) -> int:
 
 def _reference_plan(static: np.ndarray, segment_lengths: List[int], config: TangoConfig) -> BudgetPlan:
     num_positions = static.shape[1]
+    num_segments = len(segment_lengths)
     ratio = config.retention_ratio
     num_frames = int(sum(segment_lengths))
+    static_counts = static.sum(axis=1).tolist()
+    # Position masks of the units, by row: 0 all positions, 1 + g static of segment g, 1 + G + g dynamic.
+    unit_mask: List[int] = []
     unit_frame: List[int] = []
-    unit_positions: List[np.ndarray] = []
     unit_candidates: List[int] = []
     unit_salient: List[int] = []
     unit_pool: List[int] = []
     pool_size: List[int] = []
     pool_budget: List[int] = []
     virtual_segment: List[int] = []
-    all_positions = np.ones(num_positions, dtype=bool)
 
-    def add_compressed_frame(frame: int, positions: np.ndarray, q: float) -> None:
-        size = int(positions.sum())
+    def add_compressed_frame(frame: int, mask: int, size: int, q: float) -> None:
         budget = max(1, math.ceil(size * q))
         salient, candidates, picks = _salient_split(budget, size, config)
+        unit_mask.append(mask)
         unit_frame.append(frame)
-        unit_positions.append(positions)
         unit_candidates.append(candidates)
         unit_salient.append(picks)
         unit_pool.append(len(pool_size))
@@ -120,41 +121,40 @@ def _reference_plan(static: np.ndarray, segment_lengths: List[int], config: Tang
     start = 0
     for segment, length in enumerate(segment_lengths):
         if length == 1:
-            add_compressed_frame(start, all_positions, ratio)
+            add_compressed_frame(start, 0, num_positions, ratio)
             start += length
             continue
-        num_static = int(static[segment].sum())
+        num_static = static_counts[segment]
         num_dynamic = num_positions - num_static
         total = length * num_positions
         raised = min(ratio / ((total - (length - 1) * num_static) / total), 1.0)
         if num_static > 0:
             virtual_segment.append(segment)
-            add_compressed_frame(num_frames + len(virtual_segment) - 1, static[segment], raised)
+            add_compressed_frame(num_frames + len(virtual_segment) - 1, 1 + segment, num_static, raised)
         if num_dynamic > 0:
             budget = math.ceil(num_dynamic * raised)
             salient, candidates, picks = _salient_split(budget, num_dynamic, config)
-            dynamic = ~static[segment]
-            for frame in range(start, start + length):
-                unit_frame.append(frame)
-                unit_positions.append(dynamic)
-                unit_candidates.append(candidates)
-                unit_salient.append(picks)
-                unit_pool.append(len(pool_size))
+            unit_mask += [1 + num_segments + segment] * length
+            unit_frame += range(start, start + length)
+            unit_candidates += [candidates] * length
+            unit_salient += [picks] * length
+            unit_pool += [len(pool_size)] * length
             pool_size.append(length * (num_dynamic - picks))
             pool_budget.append((budget - salient) * length)
         start += length
 
+    masks = np.concatenate((np.ones((1, num_positions), dtype=bool), static, ~static))
     lengths = np.asarray(segment_lengths, dtype=np.int64)
     return BudgetPlan(
         unit_frame=np.asarray(unit_frame, dtype=np.int64),
-        unit_positions=np.stack(unit_positions) if unit_positions else np.zeros((0, num_positions), bool),
+        unit_positions=masks[np.asarray(unit_mask, dtype=np.int64)],
         unit_candidates=np.asarray(unit_candidates, dtype=np.int64),
         unit_salient=np.asarray(unit_salient, dtype=np.int64),
         unit_pool=np.asarray(unit_pool, dtype=np.int64),
         pool_size=np.asarray(pool_size, dtype=np.int64),
         pool_budget=np.asarray(pool_budget, dtype=np.int64),
         virtual_segment=np.asarray(virtual_segment, dtype=np.int64),
-        segment_start=np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64),
+        segment_start=np.cumsum(lengths) - lengths,
         segment_length=lengths,
     )
 

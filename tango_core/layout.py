@@ -96,20 +96,19 @@ def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: 
     ``slack`` times their true size, or below ``small`` elements. Few groups mean few kernels;
     bounded padding keeps memory and work close to the unpadded problems.
     """
-    if len(sizes) == 0:
-        return []
-    order = np.argsort(-np.asarray(sizes), kind="stable")
+    size_list = np.asarray(sizes).tolist()
+    order = sorted(range(len(size_list)), key=lambda index: -size_list[index])  # stable
     groups: List[List[int]] = []
     width = true_cost = 0.0
     for index in order:
-        size = float(sizes[index])
+        size = float(size_list[index])
         if groups:
             padded = size_fn(len(groups[-1]) + 1) * width * width
             if padded <= slack * (true_cost + size * size) or padded <= small:
-                groups[-1].append(int(index))
+                groups[-1].append(index)
                 true_cost += size * size
                 continue
-        groups.append([int(index)])
+        groups.append([index])
         width, true_cost = float(size_fn(int(size))), size * size
     return [np.asarray(sorted(group), dtype=np.int64) for group in groups]
 

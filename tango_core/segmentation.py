@@ -137,6 +137,38 @@ def holitom_segments(values: np.ndarray, python_below: int = 48) -> List[int]:
     return lengths[::-1]
 
 
+def holitom_segments_from_counts(at_least: np.ndarray) -> List[int]:
+    """:func:`holitom_segments` straight from the (N-1, N-1) counts of :func:`run_length_counts`.
+
+    ``value(s, e) = (e - s) * at_least[s, e - s - 1]``. Windows ending at frame i are tried from the
+    shortest; ``m(s, i)`` only shrinks as s moves left, so once it is 0 every longer window is
+    worth 0 and cannot beat ``best(i - 1)``: the search stops there. Same result as
+    :func:`holitom_segments` on :func:`holitom_values_from_counts`, in a fraction of its steps.
+    """
+    num_frames = at_least.shape[0] + 1
+    rows = at_least.tolist()  # rows[s][j]: positions whose run from pair s covers j + 1 pairs
+    best = [0] * (num_frames + 1)  # best[i + 1] = best(i); best[0] = best(-1) = 0
+    start = list(range(num_frames))
+    for i in range(1, num_frames):
+        top, pick = best[i], -1
+        for s in range(i - 1, max(0, i - HOLITOM_MAX_WINDOW + 1) - 1, -1):
+            count = rows[s][i - s - 1]
+            if count == 0:
+                break
+            total = best[s] + (i - s) * count
+            if total > top:
+                top, pick = total, s
+        best[i + 1] = top
+        if pick >= 0:
+            start[i] = pick
+    lengths: List[int] = []
+    end = num_frames - 1
+    while end >= 0:
+        lengths.append(end - start[end] + 1)
+        end = start[end] - 1
+    return lengths[::-1]
+
+
 def fastvid_segments(frame_similarity: np.ndarray, below_threshold: np.ndarray, num_cuts: int) -> List[int]:
     """Cut after the ``min(C-1, N-1)`` least similar boundaries (ties: lower n) and where sim < tau.
 

@@ -37,8 +37,7 @@ from .segmentation import (
     consecutive_frame_similarity,
     consecutive_token_similarity,
     fastvid_segments,
-    holitom_segments,
-    holitom_values_from_counts,
+    holitom_segments_from_counts,
     run_length_counts,
     run_lengths_on_device,
 )
@@ -127,7 +126,7 @@ def segments_from_statistics(
     rest = parts[pairs:]
     if config.segmenter == "holitom":
         at_least = rest.reshape(num_frames - 1, num_frames - 1).astype(np.int64)
-        return holitom_segments(holitom_values_from_counts(at_least)), static_runs
+        return holitom_segments_from_counts(at_least), static_runs
     cuts = config.fastvid_cuts
     return fastvid_segments(rest[: num_frames - 1], rest[num_frames - 1 :] > 0.5, cuts), static_runs
 

@@ -117,3 +117,23 @@ def test_python_and_numpy_programmes_agree(seed):
     above = rng.random((num_frames - 1, 13)) < rng.random()
     values = holitom_window_values(run_lengths(above))
     assert holitom_segments(values, python_below=0) == holitom_segments(values, python_below=10**6)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_counts_programme_with_early_stop_matches_the_full_programme(seed):
+    from tango_core.segmentation import (
+        holitom_segments_from_counts,
+        holitom_values_from_counts,
+        run_length_counts,
+        run_lengths_on_device,
+    )
+
+    rng = np.random.default_rng(100 + seed)
+    num_frames, num_tokens = int(rng.integers(1, 70)), int(rng.integers(1, 20))
+    # Scenes of nearly static frames with cuts, plus noise: long windows and early stops both occur.
+    above = rng.random((max(num_frames - 1, 0), num_tokens)) < rng.uniform(0.5, 1.0)
+    cuts = rng.random(max(num_frames - 1, 0)) < 0.15
+    above[cuts] = False
+    counts = run_length_counts(run_lengths_on_device(torch.from_numpy(above))).numpy()
+    expected = holitom_segments(holitom_values_from_counts(counts), python_below=10**6)
+    assert holitom_segments_from_counts(counts) == expected
