@@ -97,7 +97,6 @@ def _stage_times(clip, grid, config, runs: int = 20) -> dict:
     """GPU time of each captured graph replayed alone, and host time of the planning between them,
     for the clip the default graph cache saw last (medians, ms)."""
     from tango_core.graphs import default_graphs, graph_layout
-    from tango_core.layout import pack
     from tango_core.stages import plan_from_segments, segments_from_statistics
 
     video = next(reversed(default_graphs()._videos.values()))
@@ -123,7 +122,7 @@ def _stage_times(clip, grid, config, runs: int = 20) -> dict:
         segments, static_runs = segments_from_statistics(statistics_host, num_frames, num_tokens, config)
         plan = plan_from_segments(static_runs, segments, num_tokens, config)
         layout = graph_layout(plan, num_frames, num_tokens, config)
-        pack(layout.arrays, layout_graph.staging.numpy(), layout.spec)
+        layout_graph.staging.numpy()[:] = layout.packed
         host.append((time.perf_counter() - start) * 1e3)
     out = {f"gpu_{name}_ms": statistics.median(values) for name, values in gpu.items()}
     out["host_plan_ms"] = statistics.median(host)

@@ -28,7 +28,7 @@ import torch
 from torch.profiler import record_function
 
 from .config import TangoConfig, resolve_rope_sections
-from .layout import DeviceLayout, bucket_size, build_layout, pack, packed_size, power_of_two_size, unpack
+from .layout import DeviceLayout, bucket_size, build_layout, packed_size, power_of_two_size, unpack
 from .prune import HostCopy, TangoResult, frame_times, identity_result, sink_tensor, upload_layout
 from .stages import (
     extended_table,
@@ -97,7 +97,7 @@ class _LayoutGraph:
     def upload(self, layout: DeviceLayout) -> None:
         """Copy a layout of this shape into the graph's input buffer (before a replay)."""
         self.uploaded.synchronize()  # the previous copy out of the staging buffer has finished
-        pack(layout.arrays, self.staging.numpy(), layout.spec)
+        self.staging.numpy()[:] = layout.packed
         self.buffer.copy_(self.staging, non_blocking=True)
         self.uploaded.record()
 

@@ -14,6 +14,7 @@ The tables travel to the device as one byte buffer (:func:`pack`, :func:`unpack`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Callable, Dict, List, Tuple
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from .budget import BudgetPlan
-from .dpc import problem_arrays
+from .dpc import ProblemTables
 
 SizeFn = Callable[[int], int]
 Spec = Tuple[Tuple[str, str, Tuple[int, ...]], ...]
@@ -51,20 +52,30 @@ def power_of_two_size(n: int) -> int:
 
 @dataclass(frozen=True)
 class DeviceLayout:
-    """Padded tables of one plan and the sizes that are not table shapes.
+    """Padded tables of one plan, packed in one byte buffer, and the sizes that are not table shapes.
 
-    arrays: name -> host array, in packing order. dims: sizes the device code needs besides
-    the table shapes (``pool_slots``: padded count of context-pool tokens; ``merge_groups``).
-    num_kept: true output size K (real ids sort first among the padded outputs).
+    spec: (name, dtype, shape) of each table, in packing order (:func:`pack`). packed: the uint8
+    buffer holding them. dims: sizes the device code needs besides the table shapes
+    (``pool_slots``: padded count of context-pool tokens; ``merge_groups``). num_kept: true output
+    size K (real ids sort first among the padded outputs).
     """
 
-    arrays: Dict[str, np.ndarray]
+    spec: Spec
+    packed: np.ndarray
     dims: Tuple[Tuple[str, int], ...]
     num_kept: int
 
     @cached_property
-    def spec(self) -> Spec:
-        return tuple((name, array.dtype.str, tuple(array.shape)) for name, array in self.arrays.items())
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """name -> read-only view of the table inside ``packed``."""
+        offsets, _ = _offsets(self.spec)
+        views = {}
+        for (name, dtype, shape), offset in zip(self.spec, offsets):
+            nbytes = np.dtype(dtype).itemsize * math.prod(shape)
+            view = self.packed[offset : offset + nbytes].view(dtype).reshape(shape)
+            view.flags.writeable = False
+            views[name] = view
+        return views
 
     @property
     def key(self) -> tuple:
@@ -72,11 +83,60 @@ class DeviceLayout:
         return (self.spec, self.dims)
 
 
-def _padded(array: np.ndarray, rows: int, fill) -> np.ndarray:
-    """``array`` with its first axis padded to ``rows`` by ``fill``."""
-    out = np.full((rows,) + array.shape[1:], fill, dtype=array.dtype)
-    out[: array.shape[0]] = array
-    return out
+class _TableWriter:
+    """Collects tables as (name, dtype, shape, fill) and writes them straight into one packed
+    buffer: no padded copies, no second copy into the buffer."""
+
+    def __init__(self) -> None:
+        self.entries: List[Tuple[str, np.dtype, Tuple[int, ...], Callable[[np.ndarray], None]]] = []
+
+    def add(self, name: str, dtype, shape: Tuple[int, ...], fill: Callable[[np.ndarray], None]) -> None:
+        """``fill(view)`` writes the whole (``shape``, ``dtype``) table into ``view``."""
+        self.entries.append((name, np.dtype(dtype), tuple(int(n) for n in shape), fill))
+
+    def padded(self, name: str, array: np.ndarray, rows: int, fill_value) -> None:
+        """``array`` with its first axis padded to ``rows`` by ``fill_value``."""
+
+        def write(view: np.ndarray) -> None:
+            view[: len(array)] = array
+            view[len(array) :] = fill_value
+
+        self.add(name, array.dtype, (rows,) + array.shape[1:], write)
+
+    def problems(self, prefix: str, sizes: np.ndarray, centres: np.ndarray, num_neighbors: int, rows: int, width: int, most: int) -> None:
+        """Tables of :class:`~tango_core.dpc.ProblemTables` (see :func:`problem_tables_from`) for
+        problems of ``sizes`` points and ``centres`` centres, padded to ``rows`` problems (of no
+        points) of ``width`` points and ``most`` centres."""
+        count = len(sizes)
+
+        def points(view: np.ndarray) -> None:  # [valid | invalid]
+            np.less(np.arange(width), sizes[:, None], out=view[:count, :width])
+            view[count:, :width] = False
+            np.logical_not(view[:, :width], out=view[:, width:])
+
+        def centre_flags(view: np.ndarray) -> None:  # [centre_valid | centre_invalid | keep_all]
+            np.less(np.arange(most), centres[:, None], out=view[:count, :most])
+            view[count:, :most] = False
+            np.logical_not(view[:, :most], out=view[:, most : 2 * most])
+            np.less_equal(sizes, np.maximum(centres, 1), out=view[:count, 2 * most])
+            view[count:, 2 * most] = True
+
+        def neighbour_weights(view: np.ndarray) -> None:  # -1 / (min(k + 1, M_p) - 1), -1 for padding
+            used = np.minimum(num_neighbors + 1, sizes) - 1
+            np.divide(-1.0, np.maximum(used, 1), out=view[:count, 0], casting="unsafe")
+            view[count:] = -1.0
+
+        self.add(f"{prefix}.points", bool, (rows, 2 * width), points)
+        self.add(f"{prefix}.centres", bool, (rows, 2 * most + 1), centre_flags)
+        self.add(f"{prefix}.neg_inv_neighbours", np.float32, (rows, 1), neighbour_weights)
+
+    def build(self) -> Tuple[Spec, np.ndarray]:
+        spec = tuple((name, dtype.str, shape) for name, dtype, shape, _ in self.entries)
+        offsets, total = _offsets(spec)
+        packed = np.empty(total, dtype=np.uint8)
+        for (_, dtype, shape, fill), offset in zip(self.entries, offsets):
+            fill(packed[offset : offset + dtype.itemsize * math.prod(shape)].view(dtype).reshape(shape))
+        return spec, packed
 
 
 def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -113,12 +173,6 @@ def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: 
     return [np.asarray(sorted(group), dtype=np.int64) for group in groups]
 
 
-def _tables(prefix: str, sizes: np.ndarray, centres: np.ndarray, num_neighbors: int, rows: int, width: int, most: int) -> dict:
-    """DPC-KNN problem tables, padded to ``rows`` problems of ``width`` points and ``most`` centres."""
-    arrays = problem_arrays(_padded(sizes, rows, 0), _padded(centres, rows, 0), num_neighbors, width, most)
-    return {f"{prefix}.{name}": array for name, array in arrays.items()}
-
-
 def build_layout(
     plan: BudgetPlan,
     num_frames: int,
@@ -143,7 +197,7 @@ def build_layout(
     """
     coarse_fn = size_fn if coarse_fn is None else coarse_fn
     L = num_tokens
-    arrays: Dict[str, np.ndarray] = {}
+    tables = _TableWriter()
 
     # Extended frames: virtual frame v averages its segment's frames.
     num_virtual = len(plan.virtual_segment)
@@ -151,60 +205,73 @@ def build_layout(
     num_extended = num_frames + virtual_rows
     starts = plan.segment_start[plan.virtual_segment]
     lengths = plan.segment_length[plan.virtual_segment]
-    frames = np.arange(num_frames)
-    inside = (frames[None, :] >= starts[:, None]) & (frames[None, :] < (starts + lengths)[:, None])
-    arrays["averaging"] = _padded((inside / lengths[:, None]).astype(np.float32), virtual_rows, 0.0)
-    out_frame = np.concatenate((frames, starts)).astype(np.int64)
+
+    def averaging(view: np.ndarray) -> None:
+        frames = np.arange(num_frames)
+        inside = (frames >= starts[:, None]) & (frames < (starts + lengths)[:, None])
+        np.divide(inside, lengths[:, None], out=view[:num_virtual], casting="unsafe")
+        view[num_virtual:] = 0.0
+
+    tables.add("averaging", np.float32, (virtual_rows, num_frames), averaging)
+    out_frame = np.concatenate((np.arange(num_frames), starts))
     out_shift = np.zeros(num_extended + 1, dtype=np.int64)  # last entry: the sentinel's frame
     out_shift[: len(out_frame)] = (out_frame - np.arange(len(out_frame))) * L
-    arrays["out_shift"] = out_shift
+    tables.add("out_shift", np.int64, out_shift.shape, lambda view: np.copyto(view, out_shift))
 
     num_units = len(plan.unit_frame)
     unit_rows = coarse_fn(num_units)  # plus one spare row that nothing selects or pools
-    arrays["unit_positions"] = _padded(plan.unit_positions, unit_rows + 1, False)
+    tables.padded("unit_positions", plan.unit_positions, unit_rows + 1, False)
 
     # Salient selection: one batch of the units with k' > 0, candidates in saliency order.
-    salient_units = np.flatnonzero(plan.unit_salient > 0)
+    salient_units = np.flatnonzero(plan.unit_salient)
     if len(salient_units):
         rows = size_fn(len(salient_units))
         candidates, picks = plan.unit_candidates[salient_units], plan.unit_salient[salient_units]
         width = min(size_fn(int(candidates.max())), L)
         most = min(coarse_fn(int(picks.max())), width)  # picks <= candidates
         frame = plan.unit_frame[salient_units]
-        arrays.update(_tables("salient", candidates, picks, num_neighbors, rows, width, most))
-        arrays["salient.unit"] = _padded(salient_units, rows, unit_rows)
-        arrays["salient.frame"] = _padded(frame, rows, 0)
-        arrays["salient.first_id"] = _padded(frame[:, None] * L, rows, 0)
-        arrays["salient.rope_row"] = _padded(out_frame[frame][:, None] * L, rows, 0)
-        arrays["salient.excluded"] = _padded(~plan.unit_positions[salient_units], rows, True)
+        tables.problems("salient", candidates, picks, num_neighbors, rows, width, most)
+        # [unit, frame, first token id, first ST-RoPE row] of each problem; padding: the spare unit.
+        indices = np.stack((salient_units, frame, frame * L, out_frame[frame] * L), axis=1)
+        tables.padded("salient.indices", indices, rows, np.array([unit_rows, 0, 0, 0]))
+        positions = plan.unit_positions
+
+        def excluded(view: np.ndarray) -> None:
+            np.logical_not(positions[salient_units], out=view[: len(salient_units)])
+            view[len(salient_units) :] = True
+
+        tables.add("salient.excluded", bool, (rows, L), excluded)
 
     # Context pools, laid end to end in unit order (the units of a pool are contiguous); at
     # least one padding slot follows them, so that padding can point at a sentinel slot.
-    total_pool = int(plan.pool_size.sum())
+    pool_size, pool_budget = plan.pool_size, plan.pool_budget
+    total_pool = int(pool_size.sum())
     dims = [("pool_slots", 0), ("merge_groups", 0)]
     if total_pool:
         pool_slots = coarse_fn(total_pool + 1)
-        pool_shift = np.zeros(unit_rows + 1, dtype=np.int64)
+        pool_shift = np.empty(unit_rows + 1, dtype=np.int64)
         pool_shift[:num_units] = (plan.unit_frame - np.arange(num_units)) * L
+        pool_shift[num_units:unit_rows] = 0
         pool_shift[unit_rows] = (num_extended - unit_rows) * L  # the spare row's tokens are sentinels
-        arrays["pool_shift"] = pool_shift
-        pool_offset = np.cumsum(plan.pool_size) - plan.pool_size
-        whole = np.flatnonzero((plan.pool_budget >= plan.pool_size) & (plan.pool_size > 0))
-        whole_slots = _concatenated_ranges(pool_offset[whole], plan.pool_size[whole])
-        if len(whole_slots):
-            arrays["whole"] = _padded(whole_slots, coarse_fn(len(whole_slots)), pool_slots - 1)
-        merged = np.flatnonzero((plan.pool_budget > 0) & (plan.pool_budget < plan.pool_size))
-        groups = merge_groups(plan.pool_size[merged], size_fn, merge_slack, merge_small)
+        tables.add("pool_shift", np.int64, pool_shift.shape, lambda view: np.copyto(view, pool_shift))
+        pool_offset = np.cumsum(pool_size) - pool_size
+        whole = np.flatnonzero((pool_budget >= pool_size) & (pool_size > 0))
+        if len(whole):
+            whole_slots = _concatenated_ranges(pool_offset[whole], pool_size[whole])
+            tables.padded("whole", whole_slots, coarse_fn(len(whole_slots)), pool_slots - 1)
+        merged = np.flatnonzero((pool_budget > 0) & (pool_budget < pool_size))
+        groups = merge_groups(pool_size[merged], size_fn, merge_slack, merge_small)
         for g, group in enumerate(groups):
             pools = merged[group]
-            sizes, anchors = plan.pool_size[pools], plan.pool_budget[pools]
+            sizes, anchors = pool_size[pools], pool_budget[pools]
             rows, width = size_fn(len(pools)), size_fn(int(sizes.max()))
             most = min(coarse_fn(int(anchors.max())), width)  # anchors < sizes
-            members = pool_offset[pools][:, None] + np.minimum(np.arange(width)[None, :], sizes[:, None] - 1)
-            arrays.update(_tables(f"merge{g}", sizes, anchors, num_neighbors, rows, width, most))
-            arrays[f"merge{g}.members"] = _padded(members, rows, 0)
+            tables.problems(f"merge{g}", sizes, anchors, num_neighbors, rows, width, most)
+            members = pool_offset[pools][:, None] + np.minimum(np.arange(width), sizes[:, None] - 1)
+            tables.padded(f"merge{g}.members", members, rows, 0)
         dims = [("pool_slots", pool_slots), ("merge_groups", len(groups))]
-    return DeviceLayout(arrays=arrays, dims=tuple(dims), num_kept=plan.num_kept)
+    spec, packed = tables.build()
+    return DeviceLayout(spec=spec, packed=packed, dims=tuple(dims), num_kept=plan.num_kept)
 
 
 @lru_cache(maxsize=256)
@@ -241,3 +308,17 @@ def unpack(buffer: torch.Tensor, spec: Spec) -> Dict[str, torch.Tensor]:
         nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
         views[name] = buffer[offset : offset + nbytes].view(torch_dtype).view(shape)
     return views
+
+
+def problem_tables_from(tables: Dict[str, torch.Tensor], prefix: str) -> ProblemTables:
+    """The :class:`~tango_core.dpc.ProblemTables` of ``prefix`` among unpacked layout tables."""
+    points, centres = tables[f"{prefix}.points"], tables[f"{prefix}.centres"]
+    width, most = points.shape[1] // 2, (centres.shape[1] - 1) // 2
+    return ProblemTables(
+        valid=points[:, :width],
+        invalid=points[:, width:],
+        centre_valid=centres[:, :most],
+        centre_invalid=centres[:, most : 2 * most],
+        neg_inv_neighbours=tables[f"{prefix}.neg_inv_neighbours"],
+        keep_all=centres[:, 2 * most :],
+    )

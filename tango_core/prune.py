@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import TangoConfig, resolve_rope_sections
-from .layout import DeviceLayout, SizeFn, build_layout, exact_size, pack, packed_size, unpack
+from .layout import DeviceLayout, SizeFn, build_layout, exact_size, unpack
 from .stages import (
     extended_table,
     layout_stage,
@@ -161,13 +161,11 @@ class HostCopy:
 
 
 def upload_layout(layout: DeviceLayout, device: torch.device) -> torch.Tensor:
-    """The layout's tables in one uint8 buffer on ``device``, copied without waiting for queued work."""
+    """The layout's packed tables as one uint8 tensor on ``device``, copied without waiting for queued work."""
     if device.type != "cuda":
-        buffer = np.zeros(packed_size(layout.spec), dtype=np.uint8)
-        pack(layout.arrays, buffer, layout.spec)
-        return torch.from_numpy(buffer).to(device)
-    staging = torch.empty(packed_size(layout.spec), dtype=torch.uint8, pin_memory=True)
-    pack(layout.arrays, staging.numpy(), layout.spec)
+        return torch.from_numpy(layout.packed).to(device)
+    staging = torch.empty(layout.packed.shape, dtype=torch.uint8, pin_memory=True)
+    staging.numpy()[:] = layout.packed
     return staging.to(device, non_blocking=True)
 
 

@@ -25,13 +25,12 @@ from .config import TangoConfig
 from .dpc import (
     SPLIT_SCALE,
     Points,
-    ProblemTables,
     SplitPoints,
     merge_into_anchors,
     select_diverse_salient,
     split_scaled_points,
 )
-from .layout import bucket_size
+from .layout import bucket_size, problem_tables_from
 from .rope import rotate_unit_features, rotate_unit_features_scaled
 from .segmentation import (
     consecutive_frame_similarity,
@@ -183,11 +182,6 @@ def _gather_points(table: Points, rows: torch.Tensor, shape: Tuple[int, int]) ->
     return table.index_select(0, rows).view(*shape, table.shape[-1])
 
 
-def _problem_tables(tables: Dict[str, torch.Tensor], prefix: str) -> ProblemTables:
-    fields = ("valid", "invalid", "centre_valid", "centre_invalid", "neg_inv_neighbours", "keep_all")
-    return ProblemTables(**{name: tables[f"{prefix}.{name}"] for name in fields})
-
-
 def layout_stage(
     tables: Dict[str, torch.Tensor],
     dims: Dict[str, int],
@@ -213,7 +207,7 @@ def layout_stage(
     out_features: List[torch.Tensor] = []
     unit_positions = tables["unit_positions"]  # (U + 1, L)
     selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=extended.device)
-    if "salient.valid" in tables:
+    if "salient.points" in tables:
         with record_function("tango.salient"):
             salient_ids = _select_salient(tables, ext_saliency, rope, selected, sentinel, config)
             out_ids.append(salient_ids)
@@ -260,17 +254,18 @@ def _select_salient(
     """Diverse salient picks of every unit with k' > 0 (spec 4.4), marked in ``selected``
     (U + 1, L + 1). Returns (S * A,) extended token ids, the sentinel in unused slots."""
     num_tokens = ext_saliency.shape[1]
-    problems = _problem_tables(tables, "salient")
-    ranked_saliency = ext_saliency.index_select(0, tables["salient.frame"])
+    problems = problem_tables_from(tables, "salient")
+    indices = tables["salient.indices"]  # (S, 4): unit, frame, first token id, first ST-RoPE row
+    ranked_saliency = ext_saliency.index_select(0, indices[:, 1])
     ranked_saliency.masked_fill_(tables["salient.excluded"], float("-inf"))
     ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
     ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
-    candidates = _gather_points(rope, (ranked + tables["salient.rope_row"]).view(-1), ranked.shape)
+    candidates = _gather_points(rope, (ranked + indices[:, 3:4]).view(-1), ranked.shape)
     positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors))  # (S, A)
     chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
     picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
-    selected.index_copy_(0, tables["salient.unit"], picked)
-    salient_ids = (positions + tables["salient.first_id"]).masked_fill_(problems.centre_invalid, sentinel)
+    selected.index_copy_(0, indices[:, 0], picked)
+    salient_ids = (positions + indices[:, 2:3]).masked_fill_(problems.centre_invalid, sentinel)
     return salient_ids.view(-1)
 
 
@@ -286,7 +281,7 @@ def _merge_pools(
     """Anchor merging (spec 4.5) of one padded group of pools. Returns (P * A,) extended token
     ids (the sentinel in unused slots) and their (P * A, D) merged float32 features."""
     num_tokens = tables["unit_positions"].shape[1]
-    problems = _problem_tables(tables, prefix)
+    problems = problem_tables_from(tables, prefix)
     member_slots = tables[f"{prefix}.members"]
     flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
     out_shift = tables["out_shift"]
