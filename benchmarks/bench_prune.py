@@ -175,6 +175,12 @@ def main() -> None:
                 lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, eager_config),
                 args.runs, args.warmup, device,
             )
+            unfused_config = replace(config, fused_kernels=False)
+            unfused_ms = _time(
+                lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, unfused_config),
+                args.runs, args.warmup + 2, device,
+            )
+            tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)  # the default's graphs last
             stages = _stage_times(clip, grid, config) if device.type == "cuda" else {}
             topk_ms = _time(lambda: topk_baseline(clip.features, clip.saliency, kept), args.runs, args.warmup, device)
             rows.append(
@@ -192,6 +198,7 @@ def main() -> None:
                     "tango_p90_ms": sorted(tango_ms)[int(0.9 * (len(tango_ms) - 1))],
                     "second_call_ms": first_ms[0],
                     "eager_median_ms": statistics.median(eager_ms),
+                    "unfused_median_ms": statistics.median(unfused_ms),
                     "topk_median_ms": statistics.median(topk_ms),
                     **stages,
                 }
@@ -203,10 +210,11 @@ def main() -> None:
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"\ntango_prune, D={args.dim or 3584}, {args.dtype}, {device_name}, torch {torch.__version__}, median of {args.runs} runs")
-    print("tango: default (CUDA graphs on CUDA); 2nd call: the call that captures the layout graph; eager: cuda_graphs=False\n")
+    print("tango: default (CUDA graphs and fused Triton kernels on CUDA); 2nd call: the call that captures the layout graph;")
+    print("eager: cuda_graphs=False; no Triton: graphs with fused_kernels=False (PyTorch ops only)\n")
     header = (
         f"{'shape':16} {'regime':8} {'segs':>4} {'kept':>6} {'kept %':>7} {'tango ms':>9} {'p90 ms':>8} "
-        f"{'2nd call':>9} {'eager ms':>9} {'top-k ms':>9}"
+        f"{'2nd call':>9} {'eager ms':>9} {'no Triton':>9} {'top-k ms':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -214,7 +222,8 @@ def main() -> None:
         print(
             f"{row['shape']:16} {row['regime']:8} {row['segments']:>4} {row['kept']:>6} "
             f"{100 * row['kept_fraction']:>6.2f}% {row['tango_median_ms']:>9.3f} {row['tango_p90_ms']:>8.3f} "
-            f"{row['second_call_ms']:>9.3f} {row['eager_median_ms']:>9.3f} {row['topk_median_ms']:>9.3f}"
+            f"{row['second_call_ms']:>9.3f} {row['eager_median_ms']:>9.3f} {row['unfused_median_ms']:>9.3f} "
+            f"{row['topk_median_ms']:>9.3f}"
         )
     if rows and "gpu_layout_ms" in rows[0]:
         print("\nwhere the time goes with graphs (medians, ms): GPU time of each graph replayed alone; host planning")

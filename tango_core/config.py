@@ -37,6 +37,10 @@ class TangoConfig:
     ``cuda_graphs=True`` (execution only) replays the device stages of CUDA inputs as CUDA graphs
     (:mod:`tango_core.graphs`): same results, far fewer kernel launches, some GPU memory held by
     the graphs. ``False`` runs them eagerly. No effect on CPU.
+
+    ``fused_kernels=True`` (execution only) runs the memory-bound parts of the CUDA path as fused
+    Triton kernels (:mod:`tango_core.kernels`) when Triton is installed; ``False`` uses PyTorch
+    operations only. The two agree to float32 rounding. No effect on CPU.
     """
 
     retention_ratio: float = 0.1
@@ -55,6 +59,7 @@ class TangoConfig:
     exact_budget: bool = False
     own_anchor_merge: bool = False
     cuda_graphs: bool = True
+    fused_kernels: bool = True
 
     def __post_init__(self) -> None:
         r = self.retention_ratio

@@ -132,12 +132,8 @@ def pairwise_distances(points: Points) -> torch.Tensor:
 
 
 
-def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
-    """Density-peak centres of each problem, highest score first (ties: lower index first).
-
-    distances: (P, M, M) float32. Returns (P, A) int64 point indices, A = tables' centre width;
-    entries past a problem's own centre count are meaningless.
-    """
+def density_peak_scores(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
+    """DPC-KNN score ``rho * delta`` of every point, -inf on padding. distances: (P, M, M) float32 -> (P, M)."""
     invalid_cols = tables.invalid.unsqueeze(1)
     masked = distances.masked_fill(invalid_cols, POS_INF)
     # kk = min(k + 1, M_p) nearest distances, self included; the nearest (self) is dropped.
@@ -150,8 +146,42 @@ def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbor
     denser = density.unsqueeze(1) > density.unsqueeze(2)  # [p, i, j]: rho_j > rho_i
     # min over denser points, capped by the largest distance: delta, or the largest if none.
     delta = torch.where(denser, distances, largest).amin(dim=-1)
-    score = (density * delta).masked_fill_(tables.invalid, NEG_INF)
+    return (density * delta).masked_fill_(tables.invalid, NEG_INF)
+
+
+def centres_by_score(score: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
+    """(P, A) point indices of the highest scores, highest first (ties: lower index first)."""
     return torch.sort(score, dim=-1, descending=True, stable=True).indices[:, : tables.centre_valid.shape[1]]
+
+
+def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
+    """Density-peak centres of each problem, highest score first (ties: lower index first).
+
+    distances: (P, M, M) float32. Returns (P, A) int64 point indices, A = tables' centre width;
+    entries past a problem's own centre count are meaningless.
+    """
+    return centres_by_score(density_peak_scores(distances, tables, num_neighbors), tables)
+
+
+def distances_and_centres(
+    points: Points, tables: ProblemTables, num_neighbors: int, fused: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pairwise_distances` (P, M, M) and :func:`dpc_knn_centres` (P, A) of a padded batch.
+
+    ``fused``: split points on CUDA go through the fused Triton kernels of
+    :mod:`tango_core.kernels.dpc` (the two fp16 products stay cuBLAS GEMMs), same results to
+    float32 rounding.
+    """
+    if fused and isinstance(points, SplitPoints):
+        from .kernels.dpc import MAX_WIDTH, dpc_scores
+
+        if points.high.shape[1] <= MAX_WIDTH:
+            gram = torch.bmm(points.high, points.high.transpose(1, 2), out_dtype=torch.float32)
+            cross = torch.bmm(points.high, points.low.transpose(1, 2), out_dtype=torch.float32)
+            distances, score = dpc_scores(gram, cross, points.squared_norms, tables, num_neighbors)
+            return distances, centres_by_score(score, tables)
+    distances = pairwise_distances(points)
+    return distances, dpc_knn_centres(distances, tables, num_neighbors)
 
 
 def assign_to_nearest(distances: torch.Tensor, centres: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
@@ -169,15 +199,15 @@ def assign_to_nearest(distances: torch.Tensor, centres: torch.Tensor, tables: Pr
     return torch.nn.functional.pad(assignment, (0, 1)).scatter_(1, own, slots)[:, :size]
 
 
-def select_diverse_salient(points: Points, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
+def select_diverse_salient(points: Points, tables: ProblemTables, num_neighbors: int, fused: bool = False) -> torch.Tensor:
     """Diversity-driven salient selection (spec 4.4) on candidates in descending-saliency order.
 
     points: (P, M, D) float32 ST-RoPE features of the candidates. Returns (P, A) candidate indices:
     the first ``k'_p`` of row p are the picks (one per DPC-KNN cluster, its highest-saliency
     member); a problem with ``M_p <= k'_p`` or ``M_p <= 1`` keeps its candidates in order.
+    ``fused``: see :func:`distances_and_centres`.
     """
-    distances = pairwise_distances(points)
-    centres = dpc_knn_centres(distances, tables, num_neighbors)
+    distances, centres = distances_and_centres(points, tables, num_neighbors, fused)
     assignment = assign_to_nearest(distances, centres, tables)  # (P, M)
     slots = torch.arange(centres.shape[1], device=distances.device)
     # Candidates are sorted by saliency, so a cluster's best member is its first in order.
@@ -193,6 +223,7 @@ def merge_into_anchors(
     num_neighbors: int,
     beta: float,
     own_anchor_merge: bool,
+    fused: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor merging of context pools (spec 4.5).
 
@@ -201,11 +232,10 @@ def merge_into_anchors(
     indices where features are written and (P, A, D') float32 features written there (rows past a
     problem's anchor count are undefined). The feature merged for the i-th anchor in pool order is
     written at the i-th anchor in score order (the reference's pairing), or at its own anchor when
-    ``own_anchor_merge``.
+    ``own_anchor_merge``. ``fused``: see :func:`distances_and_centres`.
     """
-    distances = pairwise_distances(points)
+    distances, by_score = distances_and_centres(points, tables, num_neighbors, fused)
     size = distances.shape[1]
-    by_score = dpc_knn_centres(distances, tables, num_neighbors)
     # Invalid slots sort last, so valid anchors come first in ascending pool order.
     by_position = torch.sort(by_score.masked_fill(tables.centre_invalid, size), dim=-1).values.clamp_(max=size - 1)
     assignment = assign_to_nearest(distances, by_position, tables)

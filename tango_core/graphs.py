@@ -148,8 +148,10 @@ class _VideoGraphs:
 
     def rope_call(self, config: TangoConfig) -> CapturedCall:
         if self.rope is None:
-            _, unit, _, times32 = self.statistics.outputs
-            self.rope = CapturedCall(lambda: (rope_stage(unit, times32, self.grid, self.sections, config),), self.pool)
+            _, norms, _, times32 = self.statistics.outputs
+            self.rope = CapturedCall(
+                lambda: (rope_stage(self.extended, norms, times32, self.grid, self.sections, config),), self.pool
+            )
         return self.rope
 
 
@@ -170,6 +172,7 @@ def _video_key(features, saliency, timestamps, global_features, grid, config: Ta
         config.rope_sections,
         config.base_time,
         config.base_space,
+        config.fused_kernels,
     )
 
 
@@ -250,7 +253,7 @@ class TangoGraphs:
         return TangoResult(keep_index=keep[: layout.num_kept], kept_features=kept[: layout.num_kept], segments=segments)
 
     def _run_layout(self, video: _VideoGraphs, layout: DeviceLayout, inputs: tuple, config: TangoConfig):
-        key = (layout.key, config.num_neighbors, config.beta, config.own_anchor_merge)
+        key = (layout.key, config.num_neighbors, config.beta, config.own_anchor_merge, config.fused_kernels)
         graph = video.layouts.pop(key, None)
         if graph is None:
             seen = video.seen.get(key, 0) + 1

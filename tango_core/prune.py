@@ -196,13 +196,13 @@ def _prune_eager(
     device = features.device
     times = frame_times(timestamps, num_frames, device)
     extended = extended_table(features)
-    statistics, unit, saliency32, times32 = statistics_stage(
+    statistics, norms, saliency32, times32 = statistics_stage(
         extended, saliency, times, global_features, sink_tensor(config, device), config
     )
     copy = HostCopy(statistics)
     pruning = config.retention_ratio < 1.0
     if pruning:  # queued while the statistics travel and the host plans
-        rope = rope_stage(unit, times32, grid, resolve_rope_sections(dim, config.rope_sections), config)
+        rope = rope_stage(extended, norms, times32, grid, resolve_rope_sections(dim, config.rope_sections), config)
     segments, plan = plan_from_statistics(copy.wait(), num_frames, num_tokens, config)
     if plan is None:
         return identity_result(features, segments)

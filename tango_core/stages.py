@@ -30,6 +30,7 @@ from .dpc import (
     select_diverse_salient,
     split_scaled_points,
 )
+from .kernels import HAVE_TRITON
 from .layout import bucket_size, problem_tables_from
 from .rope import rotate_unit_features, rotate_unit_features_scaled
 from .segmentation import (
@@ -42,6 +43,7 @@ from .segmentation import (
 )
 
 NUM_VALUE_CHECKS = 4
+MAX_STATISTICS_DIM = 8192  # widest features the fused statistics kernel holds in registers
 
 
 def extended_rows(num_frames: int, num_tokens: int) -> int:
@@ -59,6 +61,11 @@ def extended_table(features: torch.Tensor) -> torch.Tensor:
     return extended
 
 
+def fused_kernels_for(tensor: torch.Tensor, config: TangoConfig) -> bool:
+    """Whether the device stages of ``tensor`` run the fused Triton kernels (:mod:`tango_core.kernels`)."""
+    return tensor.is_cuda and config.fused_kernels and HAVE_TRITON
+
+
 def statistics_stage(
     extended: torch.Tensor,
     saliency: torch.Tensor,
@@ -70,14 +77,19 @@ def statistics_stage(
     """extended: :func:`extended_table` of the features; saliency (N, L); times (N,);
     global_features (N, D') or None; sinks (S,) int64 positions or None.
 
-    Returns ``(statistics, unit, saliency32, times32)``: a float32 vector for the host
-    (:func:`segments_from_statistics` reads it), the l2-normalised features (N, L, D) float32,
+    Returns ``(statistics, norms, saliency32, times32)``: a float32 vector for the host
+    (:func:`segments_from_statistics` reads it), the (N, L) float32 norms of the features,
     saliency (N, L) float32 with sinks zeroed, times (N,) float32.
     """
     num_frames, num_tokens = saliency.shape
     features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, -1)
-    norms = torch.linalg.vector_norm(features32, dim=-1)  # as F.normalize computes them
-    unit = features32 / norms.clamp_min(1e-12).unsqueeze(-1)
+    if fused_kernels_for(extended, config) and features32.shape[-1] <= MAX_STATISTICS_DIM:
+        from .kernels.rope import token_statistics
+
+        norms, token_similarity = token_statistics(features32, None)
+    else:
+        norms = torch.linalg.vector_norm(features32, dim=-1)  # as F.normalize computes them
+        token_similarity = consecutive_token_similarity(features32 / norms.clamp_min(1e-12).unsqueeze(-1))
     saliency32 = saliency.float()
     if sinks is not None:
         saliency32 = saliency32.index_fill(1, sinks, 0.0)
@@ -86,7 +98,6 @@ def statistics_stage(
     packed = [torch.stack((norms.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
-        token_similarity = consecutive_token_similarity(unit)
         packed.append(run_lengths_on_device(token_similarity > config.static_threshold).flatten())
         if config.segmenter == "holitom":
             runs = run_lengths_on_device(token_similarity > threshold)
@@ -96,7 +107,7 @@ def statistics_stage(
             frame_similarity = consecutive_frame_similarity(summary)
             packed += [frame_similarity, frame_similarity < threshold]
     # Counts and run lengths (<= N * L) are exact in float32; bool parts become 0 / 1.
-    return torch.cat(packed).float(), unit, saliency32, times32
+    return torch.cat(packed).float(), norms, saliency32, times32
 
 
 def raise_on_bad_values(statistics: np.ndarray) -> None:
@@ -161,18 +172,32 @@ def plan_from_statistics(
 
 
 def rope_stage(
-    unit: torch.Tensor, times: torch.Tensor, grid: Tuple[int, int], sections: Tuple[int, int, int], config: TangoConfig
+    extended: torch.Tensor,
+    norms: torch.Tensor,
+    times: torch.Tensor,
+    grid: Tuple[int, int],
+    sections: Tuple[int, int, int],
+    config: TangoConfig,
 ) -> Points:
-    """ST-RoPE of unit features (N, L, D) at frame times (N,), as a (N * L, D) table of points.
+    """ST-RoPE of the unit features, as a (N * L, D) table of points.
 
-    On CUDA the table is split once per token for tensor-core distances (:class:`SplitPoints`);
-    elsewhere it is the float32 features.
+    extended: :func:`extended_table` of the features; norms (N, L) and times (N,) float32 from
+    :func:`statistics_stage`. On CUDA the table is split once per token for tensor-core distances
+    (:class:`SplitPoints`); elsewhere it is the float32 features.
     """
+    num_frames, num_tokens = norms.shape
+    dim = extended.shape[-1]
+    if fused_kernels_for(extended, config):
+        from .kernels.rope import rope_split
+
+        return rope_split(extended, norms, times, grid, sections, config.base_time, config.base_space)
+    features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim)
+    unit = features32 / norms.clamp_min(1e-12).unsqueeze(-1)
     if unit.is_cuda:
         scaled = rotate_unit_features_scaled(unit, grid, times, sections, config.base_time, config.base_space, SPLIT_SCALE)
-        return split_scaled_points(scaled.view(-1, unit.shape[-1]))
+        return split_scaled_points(scaled.view(-1, dim))
     rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
-    return rope.view(-1, unit.shape[-1])
+    return rope.view(-1, dim)
 
 
 def _gather_points(table: Points, rows: torch.Tensor, shape: Tuple[int, int]) -> Points:
@@ -261,7 +286,8 @@ def _select_salient(
     ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
     ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
     candidates = _gather_points(rope, (ranked + indices[:, 3:4]).view(-1), ranked.shape)
-    positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors))  # (S, A)
+    fused = fused_kernels_for(ext_saliency, config)
+    positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors, fused))  # (S, A)
     chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
     picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
     selected.index_copy_(0, indices[:, 0], picked)
@@ -293,6 +319,7 @@ def _merge_pools(
         config.num_neighbors,
         config.beta,
         config.own_anchor_merge,
+        fused_kernels_for(extended, config),
     )
     anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
     return anchor_ids.masked_fill_(problems.centre_invalid, sentinel).view(-1), merged.view(-1, extended.shape[-1])
