@@ -117,16 +117,17 @@ class _VideoGraphs:
         device = features.device
         self.grid = grid
         self.pool = torch.cuda.graph_pool_handle()
-        self.extended = extended_table(features)
-        num_frames, num_tokens, dim = features.shape
-        self.features32 = self.extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim)
+        self.extended = extended_table(*features.shape, device)
+        self.features = torch.empty_like(features, memory_format=torch.contiguous_format)
         self.saliency = torch.zeros_like(saliency, memory_format=torch.contiguous_format)
         self.times = frame_times(timestamps, features.shape[0], device).clone()
         self.global_features = None if global_features is None else torch.zeros_like(global_features)
         sinks = sink_tensor(config, device)
         self.fill(features, saliency, timestamps, global_features)
         self.statistics = CapturedCall(
-            lambda: statistics_stage(self.extended, self.saliency, self.times, self.global_features, sinks, config),
+            lambda: statistics_stage(
+                self.features, self.extended, self.saliency, self.times, self.global_features, sinks, config
+            ),
             self.pool,
         )
         self.host_statistics = torch.empty(
@@ -138,8 +139,8 @@ class _VideoGraphs:
         self.seen: Dict[tuple, int] = {}
 
     def fill(self, features, saliency, timestamps, global_features) -> None:
-        """Copy a call's inputs into the static buffers (features straight into float32)."""
-        self.features32.copy_(features)
+        """Copy a call's inputs into the static buffers."""
+        self.features.copy_(features)
         self.saliency.copy_(saliency)
         if timestamps is not None:
             self.times.copy_(timestamps)

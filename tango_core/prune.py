@@ -195,9 +195,9 @@ def _prune_eager(
     num_frames, num_tokens, dim = features.shape
     device = features.device
     times = frame_times(timestamps, num_frames, device)
-    extended = extended_table(features)
+    extended = extended_table(num_frames, num_tokens, dim, device)
     statistics, norms, saliency32, times32 = statistics_stage(
-        extended, saliency, times, global_features, sink_tensor(config, device), config
+        features, extended, saliency, times, global_features, sink_tensor(config, device), config
     )
     copy = HostCopy(statistics)
     pruning = config.retention_ratio < 1.0

@@ -2,8 +2,9 @@
 
 Device stages have shapes fixed by their inputs alone, so they can be captured as CUDA graphs:
 
-1. :func:`statistics_stage` (after :func:`extended_table`): unit features, saliency with sinks zeroed, the
-   consecutive-frame comparisons that segmentation needs, and sums that reveal bad values;
+1. :func:`statistics_stage`: the features in float32 (into an :func:`extended_table`), their
+   norms, saliency with sinks zeroed, the consecutive-frame comparisons that segmentation needs,
+   and sums that reveal bad values;
 2. :func:`rope_stage`: ST-RoPE clustering features;
 3. :func:`layout_stage`: salient selection and context merging of a whole plan, from the padded
    tables of a :class:`~tango_core.layout.DeviceLayout`.
@@ -52,13 +53,10 @@ def extended_rows(num_frames: int, num_tokens: int) -> int:
     return (num_frames + bucket_size(num_frames // 2)) * num_tokens + 1
 
 
-def extended_table(features: torch.Tensor) -> torch.Tensor:
-    """(R, D) float32 table whose first N * L rows are ``features`` (N, L, D); the rest is room
-    for virtual frames and the sentinel row (:func:`extended_rows`), written by :func:`layout_stage`."""
-    num_frames, num_tokens, dim = features.shape
-    extended = torch.empty(extended_rows(num_frames, num_tokens), dim, dtype=torch.float32, device=features.device)
-    extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim).copy_(features)
-    return extended
+def extended_table(num_frames: int, num_tokens: int, dim: int, device: torch.device) -> torch.Tensor:
+    """An uninitialised (R, D) float32 table (:func:`extended_rows`): :func:`statistics_stage` writes
+    the features into its first N * L rows, :func:`layout_stage` the virtual frames and sentinel."""
+    return torch.empty(extended_rows(num_frames, num_tokens), dim, dtype=torch.float32, device=device)
 
 
 def fused_kernels_for(tensor: torch.Tensor, config: TangoConfig) -> bool:
@@ -67,6 +65,7 @@ def fused_kernels_for(tensor: torch.Tensor, config: TangoConfig) -> bool:
 
 
 def statistics_stage(
+    features: torch.Tensor,
     extended: torch.Tensor,
     saliency: torch.Tensor,
     times: torch.Tensor,
@@ -74,8 +73,9 @@ def statistics_stage(
     sinks: Optional[torch.Tensor],
     config: TangoConfig,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """extended: :func:`extended_table` of the features; saliency (N, L); times (N,);
-    global_features (N, D') or None; sinks (S,) int64 positions or None.
+    """features (N, L, D), any float dtype; extended: an :func:`extended_table` (its first N * L
+    rows receive the features in float32); saliency (N, L); times (N,); global_features (N, D')
+    or None; sinks (S,) int64 positions or None.
 
     Returns ``(statistics, norms, saliency32, times32)``: a float32 vector for the host
     (:func:`segments_from_statistics` reads it), the (N, L) float32 norms of the features,
@@ -86,8 +86,9 @@ def statistics_stage(
     if fused_kernels_for(extended, config) and features32.shape[-1] <= MAX_STATISTICS_DIM:
         from .kernels.rope import token_statistics
 
-        norms, token_similarity = token_statistics(features32, None)
+        norms, token_similarity = token_statistics(features, extended)
     else:
+        features32.copy_(features)
         norms = torch.linalg.vector_norm(features32, dim=-1)  # as F.normalize computes them
         token_similarity = consecutive_token_similarity(features32 / norms.clamp_min(1e-12).unsqueeze(-1))
     saliency32 = saliency.float()
@@ -132,7 +133,7 @@ def segments_from_statistics(
         return [1], np.zeros((0, num_tokens), dtype=np.int64)
     pairs = (num_frames - 1) * num_tokens
     parts = statistics[NUM_VALUE_CHECKS:]
-    static_runs = parts[:pairs].reshape(num_frames - 1, num_tokens).astype(np.int64)
+    static_runs = parts[:pairs].reshape(num_frames - 1, num_tokens)  # float32 run lengths, exact
     rest = parts[pairs:]
     if config.segmenter == "holitom":
         at_least = rest.reshape(num_frames - 1, num_frames - 1).astype(np.int64)
@@ -142,11 +143,21 @@ def segments_from_statistics(
 
 
 def static_positions(static_runs: np.ndarray, segment_lengths: List[int], num_tokens: int) -> np.ndarray:
-    """(G, L) bool: position static across every consecutive pair of the segment (n >= 2)."""
-    lengths = np.asarray(segment_lengths, dtype=np.int64)
-    starts = np.cumsum(lengths) - lengths
-    padded = np.concatenate((static_runs, np.zeros((1, num_tokens), dtype=np.int64)))
-    return (lengths[:, None] >= 2) & (padded[starts] >= (lengths - 1)[:, None])
+    """(G, L) bool: position static across every consecutive pair of the segment (n >= 2).
+
+    static_runs: (N - 1, L) run lengths of static pairs (any numeric dtype holding integers)."""
+    static = np.zeros((len(segment_lengths), num_tokens), dtype=bool)
+    start = 0
+    multi, starts, needed = [], [], []
+    for segment, length in enumerate(segment_lengths):
+        if length >= 2:
+            multi.append(segment)
+            starts.append(start)
+            needed.append(length - 1)
+        start += length
+    if multi:
+        static[multi] = static_runs[starts] >= np.asarray(needed, dtype=static_runs.dtype)[:, None]
+    return static
 
 
 def plan_from_segments(
@@ -181,7 +192,7 @@ def rope_stage(
 ) -> Points:
     """ST-RoPE of the unit features, as a (N * L, D) table of points.
 
-    extended: :func:`extended_table` of the features; norms (N, L) and times (N,) float32 from
+    extended: the :func:`extended_table` after the statistics; norms (N, L) and times (N,) float32 from
     :func:`statistics_stage`. On CUDA the table is split once per token for tensor-core distances
     (:class:`SplitPoints`); elsewhere it is the float32 features.
     """
@@ -218,7 +229,7 @@ def layout_stage(
     """Salient selection and context merging of one plan (spec 4.4-4.6).
 
     tables: the device copies of a :class:`~tango_core.layout.DeviceLayout`'s arrays; dims: its
-    dims. extended: the (R, D) float32 table of :func:`extended_table` (written here: virtual
+    dims. extended: the (R, D) float32 :func:`extended_table` after the statistics (written here: virtual
     frames and the sentinel row); saliency (N, L) float32; rope: the (N * L, D) point table.
     Returns ``(keep, kept)``: (T,) int64 output token ids, ascending, and (T, D) float32 features,
     T >= K; the first ``layout.num_kept`` entries are the result, the rest are padding.
