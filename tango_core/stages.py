@@ -99,10 +99,18 @@ def statistics_stage(
     packed = [torch.stack((norms.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
-        packed.append(run_lengths_on_device(token_similarity > config.static_threshold).flatten())
-        if config.segmenter == "holitom":
-            runs = run_lengths_on_device(token_similarity > threshold)
-            packed.append(run_length_counts(runs).flatten())
+        holitom = config.segmenter == "holitom"
+        if fused_kernels_for(extended, config):
+            from .kernels.segmentation import run_statistics
+
+            static_runs, at_least = run_statistics(token_similarity, config.static_threshold, threshold if holitom else None)
+            packed.append(static_runs.flatten())
+        else:
+            packed.append(run_lengths_on_device(token_similarity > config.static_threshold).flatten())
+            if holitom:
+                at_least = run_length_counts(run_lengths_on_device(token_similarity > threshold))
+        if holitom:
+            packed.append(at_least.flatten())
         else:
             summary = global_features if global_features is not None else features32.mean(dim=1)
             frame_similarity = consecutive_frame_similarity(summary)
