@@ -24,10 +24,11 @@ def _run_statistics_kernel(
     similarity_ptr,
     static_runs_ptr,
     histogram_ptr,
+    num_pairs,
     num_tokens,
     static_threshold,
     threshold,
-    NUM_PAIRS: tl.constexpr,  # a compile-time loop bound (one compile per clip length)
+    PAIRS_BOUND: tl.constexpr,  # a power of two >= num_pairs: few compiles, a compile-time loop bound
     BLOCK: tl.constexpr,
     HISTOGRAM: tl.constexpr,
 ):
@@ -35,15 +36,16 @@ def _run_statistics_kernel(
     ok = positions < num_tokens
     static_run = tl.zeros([BLOCK], dtype=tl.int32)
     run = tl.zeros([BLOCK], dtype=tl.int32)
-    for step in range(NUM_PAIRS):
-        pair = NUM_PAIRS - 1 - step
+    for step in range(PAIRS_BOUND):
+        pair = num_pairs - 1 - step
+        active = ok & (pair >= 0)
         offsets = pair * num_tokens + positions
-        similarity = tl.load(similarity_ptr + offsets, mask=ok, other=0.0)
+        similarity = tl.load(similarity_ptr + offsets, mask=active, other=0.0)
         static_run = tl.where(similarity > static_threshold, static_run + 1, 0)
-        tl.store(static_runs_ptr + offsets, static_run.to(tl.float32), mask=ok)
+        tl.store(static_runs_ptr + offsets, static_run.to(tl.float32), mask=active)
         if HISTOGRAM:
             run = tl.where(similarity > threshold, run + 1, 0)
-            tl.atomic_add(histogram_ptr + pair * (NUM_PAIRS + 1) + run, 1, mask=ok, sem="relaxed")
+            tl.atomic_add(histogram_ptr + pair * (num_pairs + 1) + run, 1, mask=active, sem="relaxed")
 
 
 def run_statistics(
@@ -72,10 +74,11 @@ def run_statistics(
             similarity,
             static_runs,
             static_runs if histogram is None else histogram,
+            num_pairs,
             num_tokens,
             float(static_threshold),
             float(static_threshold if threshold is None else threshold),
-            NUM_PAIRS=num_pairs,
+            PAIRS_BOUND=triton.next_power_of_2(num_pairs),
             BLOCK=_BLOCK,
             HISTOGRAM=histogram is not None,
             num_warps=4,
