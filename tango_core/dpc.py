@@ -208,11 +208,17 @@ def select_diverse_salient(points: Points, tables: ProblemTables, num_neighbors:
     ``fused``: see :func:`distances_and_centres`.
     """
     distances, centres = distances_and_centres(points, tables, num_neighbors, fused)
-    assignment = assign_to_nearest(distances, centres, tables)  # (P, M)
     slots = torch.arange(centres.shape[1], device=distances.device)
     # Candidates are sorted by saliency, so a cluster's best member is its first in order.
-    membership = (assignment.unsqueeze(-1) == slots) & tables.valid.unsqueeze(-1)
-    best_member = membership.to(torch.uint8).argmax(dim=1)  # (P, A)
+    if fused and distances.is_cuda:
+        from .kernels.clusters import best_members, nearest_centres
+
+        assignment = nearest_centres(distances, centres, tables.valid, tables.centre_valid)
+        best_member = best_members(assignment, centres.shape[1])
+    else:
+        assignment = assign_to_nearest(distances, centres, tables)  # (P, M)
+        membership = (assignment.unsqueeze(-1) == slots) & tables.valid.unsqueeze(-1)
+        best_member = membership.to(torch.uint8).argmax(dim=1)  # (P, A)
     return torch.where(tables.keep_all, slots, best_member)
 
 
@@ -224,20 +230,34 @@ def merge_into_anchors(
     beta: float,
     own_anchor_merge: bool,
     fused: bool = False,
+    member_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor merging of context pools (spec 4.5).
 
     points: (P, M, D) float32 ST-RoPE features of the pools (ascending flat-index order);
-    features: (P, M, D') float32 original features. Returns ``(slots, merged)``: (P, A) pool
+    features: (P, M, D') float32 original features, or with ``member_rows`` (P, M) a (R, D')
+    float32 table whose rows ``member_rows`` hold them. Returns ``(slots, merged)``: (P, A) pool
     indices where features are written and (P, A, D') float32 features written there (rows past a
     problem's anchor count are undefined). The feature merged for the i-th anchor in pool order is
     written at the i-th anchor in score order (the reference's pairing), or at its own anchor when
-    ``own_anchor_merge``. ``fused``: see :func:`distances_and_centres`.
+    ``own_anchor_merge``. ``fused``: see :func:`distances_and_centres`; on CUDA the assignment and
+    the cluster means run as fused kernels too, reading the feature rows in place.
     """
     distances, by_score = distances_and_centres(points, tables, num_neighbors, fused)
     size = distances.shape[1]
     # Invalid slots sort last, so valid anchors come first in ascending pool order.
     by_position = torch.sort(by_score.masked_fill(tables.centre_invalid, size), dim=-1).values.clamp_(max=size - 1)
+    slots_out = by_position if own_anchor_merge else by_score
+    if fused and distances.is_cuda:
+        from .kernels.clusters import merge_clusters, nearest_centres
+
+        if member_rows is None:
+            member_rows = torch.arange(features.shape[0] * size, device=features.device).view(-1, size)
+            features = features.reshape(-1, features.shape[-1])
+        assignment = nearest_centres(distances, by_position, tables.valid, tables.centre_valid)
+        return slots_out, merge_clusters(features, member_rows, assignment, by_position, tables.centre_valid, beta)
+    if member_rows is not None:
+        features = features.index_select(0, member_rows.reshape(-1)).view(*member_rows.shape, features.shape[-1])
     assignment = assign_to_nearest(distances, by_position, tables)
     slots = torch.arange(by_position.shape[1], device=distances.device).view(1, -1, 1)
     members = ((assignment.unsqueeze(1) == slots) & tables.valid.unsqueeze(1)).to(features.dtype)  # (P, A, M)
@@ -246,4 +266,4 @@ def merge_into_anchors(
     anchor_features = features.gather(1, by_position.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
     weight = counts.reciprocal().clamp_(min=beta)  # max(1 / n, beta)
     merged = torch.lerp(means, anchor_features, weight)  # w * anchor + (1 - w) * mean
-    return (by_position if own_anchor_merge else by_score), merged
+    return slots_out, merged

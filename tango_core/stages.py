@@ -333,12 +333,13 @@ def _merge_pools(
     rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
     slots, merged = merge_into_anchors(
         _gather_points(rope, rope_rows, member_slots.shape),
-        extended.index_select(0, flat_members).view(*member_slots.shape, extended.shape[-1]),
+        extended,
         problems,
         config.num_neighbors,
         config.beta,
         config.own_anchor_merge,
         fused_kernels_for(extended, config),
+        member_rows=flat_members.view(member_slots.shape),
     )
     anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
     return anchor_ids.masked_fill_(problems.centre_invalid, sentinel).view(-1), merged.view(-1, extended.shape[-1])
