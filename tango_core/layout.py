@@ -103,32 +103,16 @@ class _TableWriter:
 
         self.add(name, array.dtype, (rows,) + array.shape[1:], write)
 
-    def problems(self, prefix: str, sizes: np.ndarray, centres: np.ndarray, num_neighbors: int, rows: int, width: int, most: int) -> None:
-        """Tables of :class:`~tango_core.dpc.ProblemTables` (see :func:`problem_tables_from`) for
-        problems of ``sizes`` points and ``centres`` centres, padded to ``rows`` problems (of no
-        points) of ``width`` points and ``most`` centres."""
-        count = len(sizes)
+    def counts(self, prefix: str, columns: Tuple[np.ndarray, ...], rows: int) -> None:
+        """``{prefix}.counts``: (rows, len(columns)) int64 per-problem counts, padding rows zero."""
+        count = len(columns[0])
 
-        def points(view: np.ndarray) -> None:  # [valid | invalid]
-            np.less(np.arange(width), sizes[:, None], out=view[:count, :width])
-            view[count:, :width] = False
-            np.logical_not(view[:, :width], out=view[:, width:])
+        def write(view: np.ndarray) -> None:
+            for index, column in enumerate(columns):
+                view[:count, index] = column
+            view[count:] = 0
 
-        def centre_flags(view: np.ndarray) -> None:  # [centre_valid | centre_invalid | keep_all]
-            np.less(np.arange(most), centres[:, None], out=view[:count, :most])
-            view[count:, :most] = False
-            np.logical_not(view[:, :most], out=view[:, most : 2 * most])
-            np.less_equal(sizes, np.maximum(centres, 1), out=view[:count, 2 * most])
-            view[count:, 2 * most] = True
-
-        def neighbour_weights(view: np.ndarray) -> None:  # -1 / (min(k + 1, M_p) - 1), -1 for padding
-            used = np.minimum(num_neighbors + 1, sizes) - 1
-            np.divide(-1.0, np.maximum(used, 1), out=view[:count, 0], casting="unsafe")
-            view[count:] = -1.0
-
-        self.add(f"{prefix}.points", bool, (rows, 2 * width), points)
-        self.add(f"{prefix}.centres", bool, (rows, 2 * most + 1), centre_flags)
-        self.add(f"{prefix}.neg_inv_neighbours", np.float32, (rows, 1), neighbour_weights)
+        self.add(f"{prefix}.counts", np.int64, (rows, len(columns)), write)
 
     def build(self) -> Tuple[Spec, np.ndarray]:
         spec = tuple((name, dtype.str, shape) for name, dtype, shape, _ in self.entries)
@@ -198,6 +182,7 @@ def build_layout(
     coarse_fn = size_fn if coarse_fn is None else coarse_fn
     L = num_tokens
     tables = _TableWriter()
+    dims: List[Tuple[str, int]] = []  # widths and centre counts of the DPC-KNN problem groups
 
     # Extended frames: virtual frame v averages its segment's frames.
     num_virtual = len(plan.virtual_segment)
@@ -230,23 +215,17 @@ def build_layout(
         width = min(size_fn(int(candidates.max())), L)
         most = min(coarse_fn(int(picks.max())), width)  # picks <= candidates
         frame = plan.unit_frame[salient_units]
-        tables.problems("salient", candidates, picks, num_neighbors, rows, width, most)
-        # [unit, frame, first token id, first ST-RoPE row] of each problem; padding: the spare unit.
-        indices = np.stack((salient_units, frame, frame * L, out_frame[frame] * L), axis=1)
-        tables.padded("salient.indices", indices, rows, np.array([unit_rows, 0, 0, 0]))
-        positions = plan.unit_positions
-
-        def excluded(view: np.ndarray) -> None:
-            np.logical_not(positions[salient_units], out=view[: len(salient_units)])
-            view[len(salient_units) :] = True
-
-        tables.add("salient.excluded", bool, (rows, L), excluded)
+        # Per problem: unit, frame, first token id, first ST-RoPE row, candidates, picks.
+        # Padding rows: the spare unit (no positions), no candidates.
+        indices = np.stack((salient_units, frame, frame * L, out_frame[frame] * L, candidates, picks), axis=1)
+        tables.padded("salient.indices", indices, rows, np.array([unit_rows, 0, 0, 0, 0, 0]))
+        dims += [("salient.width", width), ("salient.most", most)]
 
     # Context pools, laid end to end in unit order (the units of a pool are contiguous); at
     # least one padding slot follows them, so that padding can point at a sentinel slot.
     pool_size, pool_budget = plan.pool_size, plan.pool_budget
     total_pool = int(pool_size.sum())
-    dims = [("pool_slots", 0), ("merge_groups", 0)]
+    pool_dims = [("pool_slots", 0), ("merge_groups", 0)]
     if total_pool:
         pool_slots = coarse_fn(total_pool + 1)
         pool_shift = np.empty(unit_rows + 1, dtype=np.int64)
@@ -266,12 +245,11 @@ def build_layout(
             sizes, anchors = pool_size[pools], pool_budget[pools]
             rows, width = size_fn(len(pools)), size_fn(int(sizes.max()))
             most = min(coarse_fn(int(anchors.max())), width)  # anchors < sizes
-            tables.problems(f"merge{g}", sizes, anchors, num_neighbors, rows, width, most)
-            members = pool_offset[pools][:, None] + np.minimum(np.arange(width), sizes[:, None] - 1)
-            tables.padded(f"merge{g}.members", members, rows, 0)
-        dims = [("pool_slots", pool_slots), ("merge_groups", len(groups))]
+            tables.counts(f"merge{g}", (sizes, anchors, pool_offset[pools]), rows)
+            dims += [(f"merge{g}.width", width), (f"merge{g}.most", most)]
+        pool_dims = [("pool_slots", pool_slots), ("merge_groups", len(groups))]
     spec, packed = tables.build()
-    return DeviceLayout(spec=spec, packed=packed, dims=tuple(dims), num_kept=plan.num_kept)
+    return DeviceLayout(spec=spec, packed=packed, dims=tuple(pool_dims + dims), num_kept=plan.num_kept)
 
 
 @lru_cache(maxsize=256)
@@ -310,15 +288,33 @@ def unpack(buffer: torch.Tensor, spec: Spec) -> Dict[str, torch.Tensor]:
     return views
 
 
-def problem_tables_from(tables: Dict[str, torch.Tensor], prefix: str) -> ProblemTables:
-    """The :class:`~tango_core.dpc.ProblemTables` of ``prefix`` among unpacked layout tables."""
-    points, centres = tables[f"{prefix}.points"], tables[f"{prefix}.centres"]
-    width, most = points.shape[1] // 2, (centres.shape[1] - 1) // 2
-    return ProblemTables(
-        valid=points[:, :width],
-        invalid=points[:, width:],
-        centre_valid=centres[:, :most],
-        centre_invalid=centres[:, most : 2 * most],
-        neg_inv_neighbours=tables[f"{prefix}.neg_inv_neighbours"],
-        keep_all=centres[:, 2 * most :],
+def problem_tables_from(
+    tables: Dict[str, torch.Tensor], dims: Dict[str, int], prefix: str, num_neighbors: int, fused: bool = False
+) -> Tuple[ProblemTables, torch.Tensor | None]:
+    """The :class:`~tango_core.dpc.ProblemTables` of ``prefix`` among unpacked layout tables,
+    expanded on the device from its ``counts`` (points, centres and, for context pools, the first
+    pool slot of each problem), and the (P, width) pool slots of the problems' points (None for
+    the salient problems). ``fused``: one Triton launch (:mod:`tango_core.kernels.problems`)."""
+    counts = tables[f"{prefix}.counts"] if f"{prefix}.counts" in tables else tables[f"{prefix}.indices"][:, 4:6]
+    width, most = dims[f"{prefix}.width"], dims[f"{prefix}.most"]
+    if fused and counts.is_cuda:
+        from .kernels.problems import problem_tables
+
+        return problem_tables(counts, width, most, num_neighbors)
+    sizes, centres = counts[:, 0:1], counts[:, 1:2]
+    columns = torch.arange(max(width, most), device=counts.device)
+    valid = columns[:width] < sizes
+    centre_valid = columns[:most] < centres
+    used = (sizes.clamp_max(num_neighbors + 1) - 1).clamp_min(1)
+    problems = ProblemTables(
+        valid=valid,
+        invalid=~valid,
+        centre_valid=centre_valid,
+        centre_invalid=~centre_valid,
+        neg_inv_neighbours=torch.div(-1.0, used.float()),
+        keep_all=sizes <= centres.clamp_min(1),
     )
+    members = None
+    if counts.shape[1] >= 3:
+        members = counts[:, 2:3] + torch.minimum(columns[:width], (sizes - 1).clamp_min(0))
+    return problems, members

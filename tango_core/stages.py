@@ -251,9 +251,9 @@ def layout_stage(
     out_features: List[torch.Tensor] = []
     unit_positions = tables["unit_positions"]  # (U + 1, L)
     selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=extended.device)
-    if "salient.points" in tables:
+    if "salient.indices" in tables:
         with record_function("tango.salient"):
-            salient_ids = _select_salient(tables, ext_saliency, rope, selected, sentinel, config)
+            salient_ids = _select_salient(tables, dims, ext_saliency, rope, selected, sentinel, config)
             out_ids.append(salient_ids)
             out_features.append(extended.index_select(0, salient_ids))
     if dims["pool_slots"]:
@@ -266,7 +266,7 @@ def layout_stage(
                 out_ids.append(pool_ids.index_select(0, tables["whole"]))
                 out_features.append(extended.index_select(0, out_ids[-1]))
             for group in range(dims["merge_groups"]):
-                ids, merged = _merge_pools(tables, f"merge{group}", pool_ids, extended, rope, sentinel, config)
+                ids, merged = _merge_pools(tables, dims, f"merge{group}", pool_ids, extended, rope, sentinel, config)
                 out_ids.append(ids)
                 out_features.append(merged)
     with record_function("tango.assemble"):
@@ -289,6 +289,7 @@ def _virtual_frames(averaging: torch.Tensor, extended: torch.Tensor, saliency: t
 
 def _select_salient(
     tables: Dict[str, torch.Tensor],
+    dims: Dict[str, int],
     ext_saliency: torch.Tensor,
     rope: Points,
     selected: torch.Tensor,
@@ -298,14 +299,15 @@ def _select_salient(
     """Diverse salient picks of every unit with k' > 0 (spec 4.4), marked in ``selected``
     (U + 1, L + 1). Returns (S * A,) extended token ids, the sentinel in unused slots."""
     num_tokens = ext_saliency.shape[1]
-    problems = problem_tables_from(tables, "salient")
-    indices = tables["salient.indices"]  # (S, 4): unit, frame, first token id, first ST-RoPE row
+    fused = fused_kernels_for(ext_saliency, config)
+    problems, _ = problem_tables_from(tables, dims, "salient", config.num_neighbors, fused)
+    indices = tables["salient.indices"]  # (S, 6): unit, frame, first token id, first ST-RoPE row, counts
     ranked_saliency = ext_saliency.index_select(0, indices[:, 1])
-    ranked_saliency.masked_fill_(tables["salient.excluded"], float("-inf"))
+    excluded = tables["unit_positions"].index_select(0, indices[:, 0]).logical_not_()  # padding: spare unit
+    ranked_saliency.masked_fill_(excluded, float("-inf"))
     ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
     ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
     candidates = _gather_points(rope, (ranked + indices[:, 3:4]).view(-1), ranked.shape)
-    fused = fused_kernels_for(ext_saliency, config)
     positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors, fused))  # (S, A)
     chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
     picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
@@ -316,6 +318,7 @@ def _select_salient(
 
 def _merge_pools(
     tables: Dict[str, torch.Tensor],
+    dims: Dict[str, int],
     prefix: str,
     pool_ids: torch.Tensor,
     extended: torch.Tensor,
@@ -326,8 +329,8 @@ def _merge_pools(
     """Anchor merging (spec 4.5) of one padded group of pools. Returns (P * A,) extended token
     ids (the sentinel in unused slots) and their (P * A, D) merged float32 features."""
     num_tokens = tables["unit_positions"].shape[1]
-    problems = problem_tables_from(tables, prefix)
-    member_slots = tables[f"{prefix}.members"]
+    fused = fused_kernels_for(extended, config)
+    problems, member_slots = problem_tables_from(tables, dims, prefix, config.num_neighbors, fused)
     flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
     out_shift = tables["out_shift"]
     rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)
@@ -338,7 +341,7 @@ def _merge_pools(
         config.num_neighbors,
         config.beta,
         config.own_anchor_merge,
-        fused_kernels_for(extended, config),
+        fused,
         member_rows=flat_members.view(member_slots.shape),
     )
     anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
