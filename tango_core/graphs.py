@@ -46,6 +46,11 @@ GRAPH_MERGE_SMALL = 1 << 20
 GRAPH_LAYOUT = (GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, power_of_two_size)
 
 
+def _profiled(name: str):
+    """A profiler range around host steps, only while a profiler records (ranges cost host time)."""
+    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
+
+
 def graph_layout(plan, num_frames: int, num_tokens: int, config: TangoConfig) -> DeviceLayout:
     """The padded layout the graph path runs for ``plan``."""
     return build_layout(plan, num_frames, num_tokens, config.num_neighbors, bucket_size, *GRAPH_LAYOUT)
@@ -133,6 +138,7 @@ class _VideoGraphs:
         self.host_statistics = torch.empty(
             self.statistics.outputs[0].shape, dtype=torch.float32, pin_memory=device.type == "cuda"
         )
+        self.statistics_copied = torch.cuda.Event() if device.type == "cuda" else None
         self.rope: Optional[CapturedCall] = None
         self.sections = resolve_rope_sections(features.shape[-1], config.rope_sections)
         self.layouts: "OrderedDict[tuple, _LayoutGraph]" = OrderedDict()
@@ -227,7 +233,8 @@ class TangoGraphs:
         The work runs in inference mode; the outputs are copied after it (graph outputs are
         overwritten by the next replay), so outside inference mode they are ordinary tensors.
         """
-        with self._lock, torch.cuda.device(features.device) if features.is_cuda else nullcontext():
+        switch = features.is_cuda and features.device.index != torch.cuda.current_device()
+        with self._lock, torch.cuda.device(features.device) if switch else nullcontext():
             with torch.inference_mode():
                 result = self._prune(features, saliency, grid, timestamps, config, global_features)
             kept = result.kept_features.to(features.dtype, copy=True)
@@ -237,19 +244,19 @@ class TangoGraphs:
         """:meth:`prune` before the copies: its outputs are views of graph buffers."""
         video = self._video(features, saliency, grid, timestamps, config, global_features)
         statistics, _, saliency32, _ = video.statistics.replay()
-        copy = HostCopy(statistics, video.host_statistics)
+        copy = HostCopy(statistics, video.host_statistics, video.statistics_copied)
         pruning = config.retention_ratio < 1.0
         if pruning:
             (rope,) = video.rope_call(config).replay()
-        with record_function("tango.wait"):
+        with _profiled("tango.wait"):
             host = copy.wait()
-        with record_function("tango.plan"):
+        with _profiled("tango.plan"):
             num_frames, num_tokens, _ = features.shape
             segments, plan = plan_from_statistics(host, num_frames, num_tokens, config)
             if plan is None:
                 return identity_result(features, segments)
             layout = graph_layout(plan, num_frames, num_tokens, config)
-        with record_function("tango.layout_stage"):
+        with _profiled("tango.layout_stage"):
             keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)
         return TangoResult(keep_index=keep[: layout.num_kept], kept_features=kept[: layout.num_kept], segments=segments)
 

@@ -144,14 +144,17 @@ def sink_tensor(config: TangoConfig, device: torch.device) -> Optional[torch.Ten
 class HostCopy:
     """A device tensor's copy on the host, started without waiting for queued work."""
 
-    def __init__(self, tensor: torch.Tensor, pinned: Optional[torch.Tensor] = None) -> None:
+    def __init__(
+        self, tensor: torch.Tensor, pinned: Optional[torch.Tensor] = None, event: Optional["torch.cuda.Event"] = None
+    ) -> None:
+        """pinned / event: a reusable pinned host buffer of ``tensor``'s shape and CUDA event."""
         self._event = None
         if not tensor.is_cuda:
             self._host = tensor
             return
         self._host = pinned if pinned is not None else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         self._host.copy_(tensor, non_blocking=True)
-        self._event = torch.cuda.Event()
+        self._event = event if event is not None else torch.cuda.Event()
         self._event.record()
 
     def wait(self) -> np.ndarray:
