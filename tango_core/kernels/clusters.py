@@ -13,7 +13,8 @@ tiles with a running (min, argmin); the per-slot summaries (lowest member, point
 slot, points in it) one program per (problem, block of slots), walking the points; the merge one
 program per (problem, slot, block of channels), walking its members a few at a time.
 
-Rounding: each cluster's sum is accumulated in float32 in ascending point order; the division
+Rounding: each cluster's sum is accumulated in float32, chunk by chunk of members in ascending
+point order (a fixed order: deterministic, but not PyTorch's summation order); the division
 and reciprocal are correctly rounded (``div_rn``: Triton's ``/`` is approximate on NVIDIA GPUs);
 the merge kernel is compiled without floating-point contraction, and its lerp is written with the
 one fused multiply-add that PyTorch's lerp kernels use (CUDA contracts it, the CPU kernel calls
@@ -32,7 +33,7 @@ import triton.language as tl
 _NEAREST_ELEMENTS = 2048  # points x centres of one nearest-centre tile
 _SUMMARY_ELEMENTS = 2048  # slots x points of one slot-summary tile
 _MERGE_BLOCK_D = 512  # most channels of one merge program (D = 3584 is 7 blocks)
-_MERGE_CHUNK = 4  # members whose loads one merge program issues together
+_MERGE_CHUNK = 8  # members one merge program loads together (summed as a tile, in a fixed order)
 
 
 @triton.jit
@@ -165,14 +166,19 @@ def _merge_kernel(
     members = order_ptr + problem * width + tl.load(before_ptr + cluster)
     member_rows = member_rows_ptr + problem * member_rows_stride_p
     total = tl.zeros([BLOCK_D], dtype=tl.float32)
+    offsets = tl.arange(0, CHUNK)
     chunk_start = 0
     while chunk_start < count:
-        for k in tl.static_range(CHUNK):
-            present = chunk_start + k < count
-            point = tl.load(members + chunk_start + k, mask=present, other=0)
-            row = tl.load(member_rows + point * member_rows_stride_m, mask=present, other=0)
-            x = tl.load(features_ptr + row * features_stride + channels, mask=in_dim & present, other=0.0)
-            total = tl.where(present, total + x, total)
+        # CHUNK members' rows loaded as one (CHUNK, BLOCK_D) tile: many loads in flight at once.
+        present = chunk_start + offsets < count
+        points = tl.load(members + chunk_start + offsets, mask=present, other=0)
+        rows = tl.load(member_rows + points * member_rows_stride_m, mask=present, other=0)
+        x = tl.load(
+            features_ptr + rows[:, None] * features_stride + channels[None, :],
+            mask=present[:, None] & in_dim[None, :],
+            other=0.0,
+        )
+        total += tl.sum(x, axis=0)
         chunk_start += CHUNK
     has_members = count > 0
     size = tl.maximum(count, 1).to(tl.float32)
@@ -299,7 +305,7 @@ def merge_clusters(
     ``A`` on invalid points); anchors: (P, A) int64 point indices of the slots' anchors (in
     ``[0, M)``); centre_valid: (P, A) bool. Returns (P, A, D) float32: for a valid slot of
     ``n >= 1`` points the merge of :func:`~tango_core.dpc.merge_into_anchors`, with the cluster sum
-    accumulated in float32 in ascending point order; zeros on other slots.
+    accumulated in float32 in a fixed order; zeros on other slots.
     """
     num_problems, width = assignment.shape
     num_slots = anchors.shape[1]
@@ -318,7 +324,9 @@ def merge_clusters(
         features = features.contiguous()
     assignment = assignment.contiguous()
     # Stable: a slot's members stay in ascending point order; invalid points (slot A) sort last.
-    order = torch.sort(assignment, dim=1, stable=True).indices
+    # Narrow keys make the radix sort shorter.
+    keys = assignment.to(torch.int16 if num_slots < torch.iinfo(torch.int16).max else torch.int32)
+    order = torch.sort(keys, dim=1, stable=True).indices
     _, before, count = _slot_summary(assignment, num_slots, first=False, counts=True)
     block_d = min(triton.next_power_of_2(dim), _MERGE_BLOCK_D)
     _merge_kernel[(num_problems * num_slots, triton.cdiv(dim, block_d))](
