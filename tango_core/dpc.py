@@ -149,9 +149,15 @@ def density_peak_scores(distances: torch.Tensor, tables: ProblemTables, num_neig
     return (density * delta).masked_fill_(tables.invalid, NEG_INF)
 
 
-def centres_by_score(score: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
-    """(P, A) point indices of the highest scores, highest first (ties: lower index first)."""
-    return torch.sort(score, dim=-1, descending=True, stable=True).indices[:, : tables.centre_valid.shape[1]]
+def centres_by_score(score: torch.Tensor, tables: ProblemTables, fused: bool = False) -> torch.Tensor:
+    """(P, A) point indices of the highest scores, highest first (ties: lower index first).
+    ``fused``: on CUDA, the ranking kernel of :mod:`tango_core.kernels.ranking` (same result)."""
+    count = tables.centre_valid.shape[1]
+    if fused and score.is_cuda:
+        from .kernels.ranking import top_ranked
+
+        return top_ranked(score, count)
+    return torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :count]
 
 
 def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
@@ -179,7 +185,7 @@ def distances_and_centres(
             gram = torch.bmm(points.high, points.high.transpose(1, 2), out_dtype=torch.float32)
             cross = torch.bmm(points.high, points.low.transpose(1, 2), out_dtype=torch.float32)
             distances, score = dpc_scores(gram, cross, points.squared_norms, tables, num_neighbors)
-            return distances, centres_by_score(score, tables)
+            return distances, centres_by_score(score, tables, fused=True)
     distances = pairwise_distances(points)
     return distances, dpc_knn_centres(distances, tables, num_neighbors)
 

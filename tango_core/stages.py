@@ -305,8 +305,13 @@ def _select_salient(
     ranked_saliency = ext_saliency.index_select(0, indices[:, 1])
     excluded = tables["unit_positions"].index_select(0, indices[:, 0]).logical_not_()  # padding: spare unit
     ranked_saliency.masked_fill_(excluded, float("-inf"))
-    ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices
-    ranked = ranked[:, : problems.valid.shape[1]]  # candidates, most salient first
+    width = problems.valid.shape[1]
+    if fused:  # candidates, most salient first (ties: lower position)
+        from .kernels.ranking import top_ranked
+
+        ranked = top_ranked(ranked_saliency, width)
+    else:
+        ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices[:, :width]
     candidates = _gather_points(rope, (ranked + indices[:, 3:4]).view(-1), ranked.shape)
     positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors, fused))  # (S, A)
     chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
