@@ -271,7 +271,14 @@ def layout_stage(
                 out_features.append(merged)
     with record_function("tango.assemble"):
         ext_ids = torch.cat(out_ids)
-        keep, order = torch.sort(ext_ids + out_shift.index_select(0, ext_ids // num_tokens))
+        out_ids_flat = ext_ids + out_shift.index_select(0, ext_ids // num_tokens)
+        if fused_kernels_for(extended, config):  # one short row: ranking beats a one-block sort
+            from .kernels.ranking import top_ranked
+
+            order = top_ranked(out_ids_flat.view(1, -1), out_ids_flat.shape[0], descending=False).view(-1)
+            keep = out_ids_flat.index_select(0, order)
+        else:
+            keep, order = torch.sort(out_ids_flat)
         return keep, torch.cat(out_features).index_select(0, order)
 
 

@@ -28,3 +28,10 @@ def test_top_ranked_on_strided_rows_and_bad_counts():
     assert top_ranked(values.to(DEVICE), 0).shape == (1, 0)
     with pytest.raises(ValueError, match="count"):
         top_ranked(values.to(DEVICE), 7)
+
+
+def test_ascending_ranking_of_integers_equals_the_stable_sort():
+    gen = torch.Generator().manual_seed(5)
+    values = torch.randint(0, 50, (1, 700), generator=gen)  # ids with repeats (padding sentinels)
+    expected = torch.sort(values, dim=-1, stable=True).indices
+    assert torch.equal(top_ranked(values.to(DEVICE), 700, descending=False).cpu(), expected)
