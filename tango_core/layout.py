@@ -254,12 +254,14 @@ def build_layout(
 
 @lru_cache(maxsize=256)
 def _offsets(spec: Spec) -> Tuple[Tuple[int, ...], int]:
-    """Byte offset of each table (8-byte aligned) and the buffer size."""
+    """Byte offset of each table and the buffer size. Tables start 16-byte aligned, as fresh
+    allocations do: Triton compiles per pointer alignment, so a table's alignment must not depend
+    on the sizes of the tables before it."""
     offsets, total = [], 0
     for _, dtype, shape in spec:
         offsets.append(total)
-        total += -(-np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)) // 8) * 8
-    return tuple(offsets), max(total, 8)
+        total += -(-np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64)) // 16) * 16
+    return tuple(offsets), max(total, 16)
 
 
 def packed_size(spec: Spec) -> int:

@@ -6,6 +6,12 @@ kernels instead: each reads its inputs once where the PyTorch form makes several
 (N * L, D) or (P, M, M) tensors. The kernels compute the same quantities as their PyTorch forms
 to float32 rounding; ``tests/test_kernels_*.py`` compare them (on the CPU through Triton's
 interpreter, on CUDA natively).
+
+Compilation: Triton compiles a kernel once per combination of its compile-time constants and of
+the properties it specialises arguments on (divisibility by 16, equality to 1, pointer
+alignment). Kernels whose sizes change from one layout to the next are not specialised on those
+sizes (``do_not_specialize``), and layout tables are 16-byte aligned, so new videos only compile
+when a block size (a power of two) is new: a handful of compiles per process, each cached on disk.
 """
 
 from __future__ import annotations

@@ -36,7 +36,17 @@ _MERGE_BLOCK_D = 512  # most channels of one merge program (D = 3584 is 7 blocks
 _MERGE_CHUNK = 8  # members one merge program loads together (summed as a tile, in a fixed order)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "width",
+        "num_slots",
+        "distances_stride_p",
+        "distances_stride_m",
+        "centres_stride_p",
+        "valid_stride_p",
+        "centre_valid_stride_p",
+    ]
+)
 def _nearest_centres_kernel(
     distances_ptr,
     centres_ptr,
@@ -93,7 +103,7 @@ def _nearest_centres_kernel(
     tl.store(assignment_ptr + problem * width + points, slot.to(tl.int64), mask=in_row)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["width", "num_slots"])
 def _slot_summary_kernel(
     assignment_ptr,
     first_ptr,
@@ -132,7 +142,15 @@ def _slot_summary_kernel(
         tl.store(count_ptr + outputs, count, mask=in_slots)
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=[
+        "width",
+        "num_slots",
+        "member_rows_stride_p",
+        "anchors_stride_p",
+        "centre_valid_stride_p",
+    ]
+)
 def _merge_kernel(
     features_ptr,
     member_rows_ptr,

@@ -28,7 +28,7 @@ MAX_WIDTH = 4096
 _GRAM_SCALE = tl.constexpr(1.0 / (SPLIT_SCALE * SPLIT_SCALE))  # a power of two: the scaling is exact
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["width"])
 def _distances_density_kernel(
     gram_ptr,
     cross_ptr,
@@ -79,7 +79,7 @@ def _distances_density_kernel(
     tl.store(row_max_ptr + row, tl.where(row_valid, row_max, 0.0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["width"])
 def _scores_kernel(
     distances_ptr,
     density_ptr,

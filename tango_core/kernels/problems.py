@@ -19,7 +19,7 @@ from ..dpc import ProblemTables
 _BLOCK = 512
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["counts_stride", "width", "most"])
 def _problem_tables_kernel(
     counts_ptr,
     valid_ptr,

@@ -18,7 +18,7 @@ _BLOCK_I = 16  # entries ranked by one program
 _TILE = 256  # entries compared against per step
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["width", "count", "values_stride"])
 def _top_ranked_kernel(
     values_ptr,
     out_ptr,
