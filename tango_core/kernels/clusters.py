@@ -203,7 +203,8 @@ def _merge_kernel(
     mean = tl.div_rn(total, size)
     anchor_point = tl.load(anchors_ptr + problem * anchors_stride_p + slot * anchors_stride_a, mask=has_members, other=0)
     anchor_row = tl.load(member_rows + anchor_point * member_rows_stride_m, mask=has_members, other=0)
-    anchor = tl.load(features_ptr + anchor_row * features_stride + channels, mask=in_dim & has_members, other=0.0)
+    members_block = (tl.zeros([BLOCK_D], dtype=tl.int32) + count) > 0  # a block: see kernels.rope
+    anchor = tl.load(features_ptr + anchor_row * features_stride + channels, mask=in_dim & members_block, other=0.0)
     weight = tl.maximum(tl.div_rn(1.0, size), beta)  # max(1 / n, beta)
     difference = anchor - mean
     # torch.lerp: start + w * (end - start) below 0.5, else end - (end - start) * (1 - w), each one

@@ -60,18 +60,21 @@ def _token_statistics_kernel(
     # Step 0 reads the frame before the chunk again (without writing it) for the chunk's first pair.
     for step in range(FRAMES + 1):
         frame = first - 1 + step
-        readable = (frame >= 0) & (frame < num_frames)
-        owned = (step > 0) & (frame < num_frames)
+        # Conditions on the frame as (BLOCK_L,) vectors: masks mixing scalars and blocks trip
+        # newer versions of Triton's interpreter.
+        frames = tl.zeros([BLOCK_L], dtype=tl.int32) + frame
+        readable = (frames >= 0) & (frames < num_frames)
+        owned = (frames >= first) & (frames < num_frames)
         rows = frame * num_tokens + positions
         offsets = rows.to(tl.int64)[:, None] * dim + channels[None, :]
-        x = tl.load(features_ptr + offsets, mask=mask & readable, other=0.0).to(tl.float32)
+        x = tl.load(features_ptr + offsets, mask=mask & readable[:, None], other=0.0).to(tl.float32)
         norm = tl.sqrt_rn(tl.sum(x * x, axis=1))
         unit = tl.div_rn(x, tl.maximum(norm, _NORM_EPS, propagate_nan=tl.PropagateNan.ALL)[:, None])
         if WRITE_EXTENDED:
-            tl.store(extended_ptr + offsets, x, mask=mask & owned)
+            tl.store(extended_ptr + offsets, x, mask=mask & owned[:, None])
         tl.store(norms_ptr + rows, norm, mask=position_ok & owned)
         similarity = tl.sum(previous * unit, axis=1)
-        tl.store(similarity_ptr + (rows - num_tokens), similarity, mask=position_ok & owned & (frame > 0))
+        tl.store(similarity_ptr + (rows - num_tokens), similarity, mask=position_ok & owned & (frames > 0))
         previous = unit
 
 

@@ -38,7 +38,7 @@ def _run_statistics_kernel(
     run = tl.zeros([BLOCK], dtype=tl.int32)
     for step in range(PAIRS_BOUND):
         pair = num_pairs - 1 - step
-        active = ok & (pair >= 0)
+        active = ok & (tl.zeros([BLOCK], dtype=tl.int32) + pair >= 0)  # a block: see kernels.rope
         offsets = pair * num_tokens + positions
         similarity = tl.load(similarity_ptr + offsets, mask=active, other=0.0)
         static_run = tl.where(similarity > static_threshold, static_run + 1, 0)
