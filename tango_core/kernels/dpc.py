@@ -164,7 +164,7 @@ def peak_distances_and_density(
         width,
         NEAREST=min(num_neighbors + 1, width),
         BLOCK=block,
-        PRECISE_EXP=not triton.knobs.runtime.interpret,
+        PRECISE_EXP=gram.is_cuda,  # CPU tensors only reach a kernel in Triton's interpreter
         num_warps=num_warps,
         enable_fp_fusion=False,
     )
