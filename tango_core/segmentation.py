@@ -129,8 +129,13 @@ def holitom_segments(values: np.ndarray, python_below: int = 48) -> List[int]:
                 best[i + 1] = top
                 start[i] = i - 1 - pick
             best_array[i + 1] = best[i + 1]
+    return _backtrack(start)
+
+
+def _backtrack(start: List[int]) -> List[int]:
+    """Segment lengths from the chosen segment start of every last frame (the programme's record)."""
     lengths: List[int] = []
-    end = num_frames - 1
+    end = len(start) - 1
     while end >= 0:
         lengths.append(end - start[end] + 1)
         end = start[end] - 1
@@ -161,12 +166,7 @@ def holitom_segments_from_counts(at_least: np.ndarray) -> List[int]:
         best[i + 1] = top
         if pick >= 0:
             start[i] = pick
-    lengths: List[int] = []
-    end = num_frames - 1
-    while end >= 0:
-        lengths.append(end - start[end] + 1)
-        end = start[end] - 1
-    return lengths[::-1]
+    return _backtrack(start)
 
 
 def fastvid_segments(frame_similarity: np.ndarray, below_threshold: np.ndarray, num_cuts: int) -> List[int]:
