@@ -107,6 +107,14 @@ def split_scaled_points(scaled: torch.Tensor) -> SplitPoints:
     return SplitPoints(high, low, squared_norms)
 
 
+def half_products(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left @ right.T`` of (P, M, D) float16 batches with float32 accumulation -> (P, M, M)
+    float32 (tensor cores on CUDA; elsewhere the same exact products, in float32)."""
+    if left.is_cuda:
+        return torch.bmm(left, right.transpose(1, 2), out_dtype=torch.float32)
+    return torch.bmm(left.float(), right.float().transpose(1, 2))
+
+
 def pairwise_distances(points: Points) -> torch.Tensor:
     """Euclidean distances, float32 accuracy. points: (P, M, D) float32 or split -> (P, M, M).
 
@@ -123,8 +131,8 @@ def pairwise_distances(points: Points) -> torch.Tensor:
         if not points.is_cuda:
             return torch.cdist(points, points)
         points = split_points(points)
-    gram = torch.bmm(points.high, points.high.transpose(1, 2), out_dtype=torch.float32)
-    cross = torch.bmm(points.high, points.low.transpose(1, 2), out_dtype=torch.float32)
+    gram = half_products(points.high, points.high)
+    cross = half_products(points.high, points.low)
     gram = (gram + cross + cross.transpose(1, 2)) * (1.0 / (SPLIT_SCALE * SPLIT_SCALE))
     squared_norms = points.squared_norms
     squared = (squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(1)).sub_(gram, alpha=2.0)
@@ -151,9 +159,9 @@ def density_peak_scores(distances: torch.Tensor, tables: ProblemTables, num_neig
 
 def centres_by_score(score: torch.Tensor, tables: ProblemTables, fused: bool = False) -> torch.Tensor:
     """(P, A) point indices of the highest scores, highest first (ties: lower index first).
-    ``fused``: on CUDA, the ranking kernel of :mod:`tango_core.kernels.ranking` (same result)."""
+    ``fused``: the ranking kernel of :mod:`tango_core.kernels.ranking` (same result)."""
     count = tables.centre_valid.shape[1]
-    if fused and score.is_cuda:
+    if fused:
         from .kernels.ranking import top_ranked
 
         return top_ranked(score, count)
@@ -174,16 +182,17 @@ def distances_and_centres(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pairwise_distances` (P, M, M) and :func:`dpc_knn_centres` (P, A) of a padded batch.
 
-    ``fused``: split points on CUDA go through the fused Triton kernels of
-    :mod:`tango_core.kernels.dpc` (the two fp16 products stay cuBLAS GEMMs), same results to
-    float32 rounding.
+    ``fused``: split points go through the fused Triton kernels of :mod:`tango_core.kernels.dpc`
+    (the two fp16 products stay cuBLAS GEMMs), same results to float32 rounding. Callers ask for
+    it on CUDA (:func:`tango_core.stages.fused_kernels_for`); ``fused`` arguments here and below
+    mean "run the kernels", on whatever device the tensors are (the CPU: Triton's interpreter).
     """
     if fused and isinstance(points, SplitPoints):
         from .kernels.dpc import MAX_WIDTH, dpc_scores
 
         if points.high.shape[1] <= MAX_WIDTH:
-            gram = torch.bmm(points.high, points.high.transpose(1, 2), out_dtype=torch.float32)
-            cross = torch.bmm(points.high, points.low.transpose(1, 2), out_dtype=torch.float32)
+            gram = half_products(points.high, points.high)
+            cross = half_products(points.high, points.low)
             distances, score = dpc_scores(gram, cross, points.squared_norms, tables, num_neighbors)
             return distances, centres_by_score(score, tables, fused=True)
     distances = pairwise_distances(points)
@@ -216,7 +225,7 @@ def select_diverse_salient(points: Points, tables: ProblemTables, num_neighbors:
     distances, centres = distances_and_centres(points, tables, num_neighbors, fused)
     slots = torch.arange(centres.shape[1], device=distances.device)
     # Candidates are sorted by saliency, so a cluster's best member is its first in order.
-    if fused and distances.is_cuda:
+    if fused:
         from .kernels.clusters import best_members, nearest_centres
 
         assignment = nearest_centres(distances, centres, tables.valid, tables.centre_valid)
@@ -246,15 +255,15 @@ def merge_into_anchors(
     indices where features are written and (P, A, D') float32 features written there (rows past a
     problem's anchor count are undefined). The feature merged for the i-th anchor in pool order is
     written at the i-th anchor in score order (the reference's pairing), or at its own anchor when
-    ``own_anchor_merge``. ``fused``: see :func:`distances_and_centres`; on CUDA the assignment and
-    the cluster means run as fused kernels too, reading the feature rows in place.
+    ``own_anchor_merge``. ``fused``: see :func:`distances_and_centres`; the assignment and the
+    cluster means run as fused kernels too, reading the feature rows in place.
     """
     distances, by_score = distances_and_centres(points, tables, num_neighbors, fused)
     size = distances.shape[1]
     # Invalid slots sort last, so valid anchors come first in ascending pool order.
     by_position = torch.sort(by_score.masked_fill(tables.centre_invalid, size), dim=-1).values.clamp_(max=size - 1)
     slots_out = by_position if own_anchor_merge else by_score
-    if fused and distances.is_cuda:
+    if fused:
         from .kernels.clusters import merge_clusters, nearest_centres
 
         if member_rows is None:

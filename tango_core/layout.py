@@ -299,7 +299,7 @@ def problem_tables_from(
     the salient problems). ``fused``: one Triton launch (:mod:`tango_core.kernels.problems`)."""
     counts = tables[f"{prefix}.counts"] if f"{prefix}.counts" in tables else tables[f"{prefix}.indices"][:, 4:6]
     width, most = dims[f"{prefix}.width"], dims[f"{prefix}.most"]
-    if fused and counts.is_cuda:
+    if fused:
         from .kernels.problems import problem_tables
 
         return problem_tables(counts, width, most, num_neighbors)
