@@ -9,6 +9,8 @@ eagerly.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -120,7 +122,9 @@ def tango_prune(
         return default_graphs().prune(features, saliency, grid, timestamps, config, global_features)
     # Inference mode skips autograd's per-operation bookkeeping: the pipeline is launch-bound, so
     # this is a large share of its host time. Outputs are cloned out of it as ordinary tensors.
-    with torch.inference_mode():
+    # Triton launches on the current CUDA device, so make it the inputs' device.
+    switch = features.is_cuda and features.device.index != torch.cuda.current_device()
+    with torch.inference_mode(), torch.cuda.device(features.device) if switch else nullcontext():
         result = _prune_eager(features, saliency, grid, timestamps, config, global_features)
     if torch.is_inference_mode_enabled():
         return result
