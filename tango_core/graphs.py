@@ -29,7 +29,7 @@ from torch.profiler import record_function
 
 from .config import TangoConfig, resolve_rope_sections
 from .layout import DeviceLayout, bucket_size, build_layout, packed_size, power_of_two_size, unpack
-from .prune import HostCopy, TangoResult, frame_times, identity_result, sink_tensor, upload_layout
+from .prune import HostCopy, TangoResult, frame_times, identity_result, on_device_of, sink_tensor, upload_layout
 from .stages import (
     extended_table,
     layout_stage,
@@ -233,8 +233,7 @@ class TangoGraphs:
         The work runs in inference mode; the outputs are copied after it (graph outputs are
         overwritten by the next replay), so outside inference mode they are ordinary tensors.
         """
-        switch = features.is_cuda and features.device.index != torch.cuda.current_device()
-        with self._lock, torch.cuda.device(features.device) if switch else nullcontext():
+        with self._lock, on_device_of(features):
             with torch.inference_mode():
                 result = self._prune(features, saliency, grid, timestamps, config, global_features)
             kept = result.kept_features.to(features.dtype, copy=True)

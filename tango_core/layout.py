@@ -290,15 +290,14 @@ def unpack(buffer: torch.Tensor, spec: Spec) -> Dict[str, torch.Tensor]:
     return views
 
 
-def problem_tables_from(
-    tables: Dict[str, torch.Tensor], dims: Dict[str, int], prefix: str, num_neighbors: int, fused: bool = False
+def problem_tables_on_device(
+    counts: torch.Tensor, width: int, most: int, num_neighbors: int, fused: bool = False
 ) -> Tuple[ProblemTables, torch.Tensor | None]:
-    """The :class:`~tango_core.dpc.ProblemTables` of ``prefix`` among unpacked layout tables,
-    expanded on the device from its ``counts`` (points, centres and, for context pools, the first
-    pool slot of each problem), and the (P, width) pool slots of the problems' points (None for
-    the salient problems). ``fused``: one Triton launch (:mod:`tango_core.kernels.problems`)."""
-    counts = tables[f"{prefix}.counts"] if f"{prefix}.counts" in tables else tables[f"{prefix}.indices"][:, 4:6]
-    width, most = dims[f"{prefix}.width"], dims[f"{prefix}.most"]
+    """The :class:`~tango_core.dpc.ProblemTables` of a problem group of a layout, expanded on the
+    device from its counts: (P, 2) ``[points, centres]`` (the salient problems) or (P, 3) with the
+    first pool slot of each problem (context pools), padding rows zero; ``width`` and ``most`` are
+    the group's dims. Also returns the (P, width) pool slots of the problems' points (None with
+    two columns). ``fused``: one Triton launch (:mod:`tango_core.kernels.problems`)."""
     if fused:
         from .kernels.problems import problem_tables
 

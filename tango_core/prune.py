@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import ContextManager, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -122,13 +122,19 @@ def tango_prune(
         return default_graphs().prune(features, saliency, grid, timestamps, config, global_features)
     # Inference mode skips autograd's per-operation bookkeeping: the pipeline is launch-bound, so
     # this is a large share of its host time. Outputs are cloned out of it as ordinary tensors.
-    # Triton launches on the current CUDA device, so make it the inputs' device.
-    switch = features.is_cuda and features.device.index != torch.cuda.current_device()
-    with torch.inference_mode(), torch.cuda.device(features.device) if switch else nullcontext():
+    with torch.inference_mode(), on_device_of(features):
         result = _prune_eager(features, saliency, grid, timestamps, config, global_features)
     if torch.is_inference_mode_enabled():
         return result
     return TangoResult(result.keep_index.clone(), result.kept_features.clone(), result.segments)
+
+
+def on_device_of(tensor: torch.Tensor) -> ContextManager:
+    """Make ``tensor``'s CUDA device the current one (Triton kernels and CUDA graphs run on the
+    current device); nothing to do for CPU tensors or when it already is."""
+    if tensor.is_cuda and tensor.device.index != torch.cuda.current_device():
+        return torch.cuda.device(tensor.device)
+    return nullcontext()
 
 
 def frame_times(timestamps: Optional[torch.Tensor], num_frames: int, device: torch.device) -> torch.Tensor:

@@ -31,8 +31,8 @@ from .dpc import (
     select_diverse_salient,
     split_scaled_points,
 )
-from .kernels import HAVE_TRITON
-from .layout import bucket_size, problem_tables_from
+from .kernels import HAVE_TRITON, MAX_STATISTICS_DIM
+from .layout import bucket_size, problem_tables_on_device
 from .rope import rotate_unit_features, rotate_unit_features_scaled
 from .segmentation import (
     consecutive_frame_similarity,
@@ -44,7 +44,6 @@ from .segmentation import (
 )
 
 NUM_VALUE_CHECKS = 4
-MAX_STATISTICS_DIM = 8192  # widest features the fused statistics kernel holds in registers
 
 
 def extended_rows(num_frames: int, num_tokens: int) -> int:
@@ -83,7 +82,8 @@ def statistics_stage(
     """
     num_frames, num_tokens = saliency.shape
     features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, -1)
-    if fused_kernels_for(extended, config) and features32.shape[-1] <= MAX_STATISTICS_DIM:
+    fused = fused_kernels_for(extended, config)
+    if fused and features32.shape[-1] <= MAX_STATISTICS_DIM:
         from .kernels.rope import token_statistics
 
         norms, token_similarity = token_statistics(features, extended)
@@ -100,7 +100,7 @@ def statistics_stage(
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
         holitom = config.segmenter == "holitom"
-        if fused_kernels_for(extended, config):
+        if fused:
             from .kernels.segmentation import run_statistics
 
             static_runs, at_least = run_statistics(token_similarity, config.static_threshold, threshold if holitom else None)
@@ -307,8 +307,10 @@ def _select_salient(
     (U + 1, L + 1). Returns (S * A,) extended token ids, the sentinel in unused slots."""
     num_tokens = ext_saliency.shape[1]
     fused = fused_kernels_for(ext_saliency, config)
-    problems, _ = problem_tables_from(tables, dims, "salient", config.num_neighbors, fused)
     indices = tables["salient.indices"]  # (S, 6): unit, frame, first token id, first ST-RoPE row, counts
+    problems, _ = problem_tables_on_device(
+        indices[:, 4:6], dims["salient.width"], dims["salient.most"], config.num_neighbors, fused
+    )
     ranked_saliency = ext_saliency.index_select(0, indices[:, 1])
     excluded = tables["unit_positions"].index_select(0, indices[:, 0]).logical_not_()  # padding: spare unit
     ranked_saliency.masked_fill_(excluded, float("-inf"))
@@ -342,7 +344,9 @@ def _merge_pools(
     ids (the sentinel in unused slots) and their (P * A, D) merged float32 features."""
     num_tokens = tables["unit_positions"].shape[1]
     fused = fused_kernels_for(extended, config)
-    problems, member_slots = problem_tables_from(tables, dims, prefix, config.num_neighbors, fused)
+    problems, member_slots = problem_tables_on_device(
+        tables[f"{prefix}.counts"], dims[f"{prefix}.width"], dims[f"{prefix}.most"], config.num_neighbors, fused
+    )
     flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
     out_shift = tables["out_shift"]
     rope_rows = flat_members + out_shift.index_select(0, flat_members // num_tokens)

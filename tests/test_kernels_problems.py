@@ -1,4 +1,4 @@
-"""The fused problem-table expansion against its PyTorch form (tango_core.layout.problem_tables_from)."""
+"""The fused problem-table expansion against its PyTorch form (tango_core.layout.problem_tables_on_device)."""
 
 import pytest
 
@@ -9,7 +9,7 @@ import torch
 
 from tango_core.dpc import problem_tables
 from tango_core.kernels.problems import problem_tables as fused_problem_tables
-from tango_core.layout import problem_tables_from
+from tango_core.layout import problem_tables_on_device
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -25,10 +25,7 @@ def test_fused_problem_tables_equal_the_pytorch_form(with_offsets):
     columns = (sizes, centres, offsets) if with_offsets else (sizes, centres, rng.integers(0, 9, len(sizes)), sizes)
     table = torch.from_numpy(np.stack(columns, axis=1).astype(np.int64))
     counts = table if with_offsets else table[:, :2]  # a strided view, as the salient counts are
-    name = "merge0.counts" if with_offsets else "salient.indices"
-    tables = {name: table if with_offsets else torch.cat((table, table[:, :2]), 1)[:, [2, 2, 2, 2, 0, 1]]}
-    dims = {f"{name.split('.')[0]}.width": width, f"{name.split('.')[0]}.most": most}
-    expected, expected_members = problem_tables_from(tables, dims, name.split(".")[0], num_neighbors=7)
+    expected, expected_members = problem_tables_on_device(counts, width, most, num_neighbors=7)
     got, members = fused_problem_tables(counts.to(DEVICE), width, most, 7)
     for field in ("valid", "invalid", "centre_valid", "centre_invalid", "keep_all", "neg_inv_neighbours"):
         assert torch.equal(getattr(got, field).cpu(), getattr(expected, field)), field

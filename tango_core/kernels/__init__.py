@@ -19,3 +19,7 @@ from __future__ import annotations
 import importlib.util
 
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+MAX_STATISTICS_DIM = 8192
+"""Widest features the fused statistics kernel supports (a whole row stays in registers); the
+statistics stage uses PyTorch operations beyond it."""

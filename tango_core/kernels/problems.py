@@ -3,7 +3,7 @@
 The host sends, per DPC-KNN problem, only its point count, centre count and (for context pools)
 the offset of its first pool slot; :func:`problem_tables` writes the
 :class:`~tango_core.dpc.ProblemTables` masks and weights, and the pool member slots, in one
-launch (the PyTorch form, :func:`tango_core.layout.problem_tables_from`, takes about a dozen).
+launch (the PyTorch form, :func:`tango_core.layout.problem_tables_on_device`, takes about a dozen).
 """
 
 from __future__ import annotations

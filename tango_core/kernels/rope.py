@@ -22,10 +22,9 @@ import triton
 import triton.language as tl
 
 from ..dpc import SPLIT_SCALE, SplitPoints
+from . import MAX_STATISTICS_DIM
 from ..rope import _space_half_tables, _time_half_frequencies
 
-MAX_STATISTICS_DIM = 8192
-"""Largest feature dimension :func:`token_statistics` supports (a whole row stays in registers)."""
 
 FRAMES_PER_PROGRAM = 16
 """Frames one statistics program walks; each program reads one extra row (the frame before its
