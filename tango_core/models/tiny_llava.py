@@ -65,18 +65,10 @@ def tiny_llava_config(
 ):
     """LlavaOnevisionConfig of a tiny model: SigLIP 54 px / patch 2 (27x27 grid), 2 layers; Qwen2 with
     ``num_text_layers`` layers. ``family`` is recorded as ``tango_family`` in the config."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+    from transformers import LlavaOnevisionConfig, Qwen2Config
 
     _check_family(family)
-    vision = SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=2 * vision_hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=54,
-        patch_size=2,
-        vision_use_head=False,
-    )
+    vision = _tiny_siglip_config(vision_hidden, num_layers=2, with_head=False)
     text = Qwen2Config(
         hidden_size=text_hidden,
         intermediate_size=2 * text_hidden,
@@ -103,16 +95,21 @@ def tiny_llava_config(
 
 def tiny_siglip_head_config(vision_hidden: int = 32):
     """SigLIP vision config of the tiny saliency checkpoint (same width as the tiny tower, with head)."""
+    return _tiny_siglip_config(vision_hidden, num_layers=1, with_head=True)
+
+
+def _tiny_siglip_config(vision_hidden: int, num_layers: int, with_head: bool):
+    """Tiny SigLIP vision config: 54 px images, 2 px patches (27x27 grid), 4 heads."""
     from transformers import SiglipVisionConfig
 
     return SiglipVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=2 * vision_hidden,
-        num_hidden_layers=1,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         image_size=54,
         patch_size=2,
-        vision_use_head=True,
+        vision_use_head=with_head,
     )
 
 
