@@ -99,7 +99,8 @@ def test_onevision_matches_transformers_video_path(onevision: LlavaTango) -> Non
     vanilla_text = onevision.tokenizer.decode(vanilla_ids.tolist(), skip_special_tokens=True).strip()
     for tango in (None, TangoConfig(retention_ratio=1.0)):
         adapter = share(onevision, tango)
-        assert torch.equal(adapter.first_token_logits(FRAMES, QUESTION), vanilla)
+        # Two code paths (transformers' video path and ours) differ in float rounding order on CPU.
+        torch.testing.assert_close(adapter.first_token_logits(FRAMES, QUESTION), vanilla, rtol=1e-5, atol=1e-5)
         generation = adapter.generate(FRAMES, QUESTION, max_new_tokens=6)
         assert torch.equal(generation.token_ids, vanilla_ids)
         assert generation.text == vanilla_text

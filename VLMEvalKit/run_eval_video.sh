@@ -1,0 +1,1 @@
+../run_eval_video.sh
