@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-# What VLMEvalKit's scoring receives for a sample that could not be answered (an empty string
-# would be read back as NaN, which MVBench counts as correct and MLVU crashes on).
-FAILED_ANSWER = "[failed]"
+# What VLMEvalKit's scoring receives for a sample that could not be answered. An empty string
+# would be read back as NaN (MVBench counts it correct, MLVU crashes); an uppercase A-E letter
+# would be taken as an option; a plain word can contain an option's text, which MVBench and MLVU
+# fall back to matching. A standalone "Z" is VLMEvalKit's own "no option" answer, tried first.
+FAILED_ANSWER = "[failed: Z]"
+EMPTY_ANSWER = "[empty: Z]"
 
 
 @dataclass

@@ -14,9 +14,11 @@ on CPU, in a few minutes: it shows the machinery, not the paper's numbers.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -122,6 +124,13 @@ def run_arguments(args: argparse.Namespace, method: str, ratio: float, work_dir:
     return arguments + list(extra)
 
 
+def log_run(work_dir: Path, **fields) -> None:
+    """Append one line to ``<work-dir>/sweep_runs.jsonl``: which run, when, how long, how it ended."""
+    fields["wall_s"] = round(fields["end"] - fields["start"], 3)
+    with (work_dir / "sweep_runs.jsonl").open("a") as handle:
+        handle.write(json.dumps(fields) + "\n")
+
+
 def launch_command(nproc: int) -> List[str]:
     """The interpreter (and torchrun for several processes) in front of run.py."""
     if nproc > 1:
@@ -166,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None, model: Optional[str] = None) -> i
         args.model_path, args.data_root = model_path, data_root
         print("[sweep] DEMO: random weights, so the accuracies below say nothing about Tango or the model; "
               "they show the evaluation path end to end.", flush=True)
-    runs = settings_to_run(ratios, args.with_vanilla)
+    runs = settings_to_run(ratios, args.with_vanilla or args.demo)  # the demo shows the whole table
     try:  # every input checked before any model is loaded
         for method, ratio in runs:
             make_plan(run_parser().parse_args(run_arguments(args, method, ratio, work_dir, extra)))
@@ -180,20 +189,23 @@ def main(argv: Optional[Sequence[str]] = None, model: Optional[str] = None) -> i
     for method, ratio in runs:
         label = "vanilla" if method == "vanilla" else f"tango r={ratio:g}"
         print(f"\n[sweep] {spec.title}, {label} -> {run_dir(work_dir, method, ratio)} ({nproc} process{'es' if nproc > 1 else ''})", flush=True)
+        started = time.time()
         status = subprocess.run(launch_command(nproc) + run_arguments(args, method, ratio, work_dir, extra), env=env).returncode
+        log_run(work_dir, method=method, ratio=ratio, folder=str(run_dir(work_dir, method, ratio)), start=started,
+                end=time.time(), status=status, processes=nproc)
         if status != 0:
             failed.append(f"{label} (exit status {status})")
             print(f"[sweep] {label} failed with exit status {status}; going on (run the sweep again to resume)", flush=True)
 
-    from .report import write_report
+    from .report import NoResults, ResultFileError, write_report
 
     try:
         paths = write_report(work_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except (NoResults, ResultFileError) as error:
         print(f"[sweep] no summary: {error}", flush=True)
         return 1
-    print("\n" + Path(paths["md"]).read_text())
-    print(f"[sweep] summary: {paths['csv']}, {paths['md']}, {paths['png']}")
+    print("\n" + paths["markdown"].read_text())
+    print(f"[sweep] summary: {paths['csv']}, {paths['markdown']}, {paths['plot']}")
     if failed:
         print(f"[sweep] FAILED runs: {', '.join(failed)}")
         return 1

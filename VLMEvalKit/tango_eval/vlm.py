@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .records import EMPTY_ANSWER
 from .settings import ModelSettings
 from .vlmeval_env import import_vlmeval
 
@@ -30,8 +31,6 @@ from tango_core.models.base import TangoGeneration, TangoVideoLM  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
 from tango_core.models.video import sample_fps  # noqa: E402
 
-# What VLMEvalKit receives instead of an empty answer (it scores an empty MVBench answer as right).
-EMPTY_ANSWER = "[empty]"
 
 
 def printable(text: str) -> str:

@@ -103,6 +103,7 @@ class _DropEnvFileMessage(logging.Filter):
 def import_vlmeval() -> ModuleType:
     """Import ``vlmeval`` with its datasets and model base class, SSL checks restored. Idempotent."""
     if "vlmeval.vlm.base" in sys.modules:
+        _restore_certificate_checks()
         return sys.modules["vlmeval"]
     https_context = ssl._create_default_https_context
     root = logging.getLogger()
@@ -117,8 +118,15 @@ def import_vlmeval() -> ModuleType:
             import vlmeval.vlm.base  # noqa: F401
     finally:
         ssl._create_default_https_context = https_context
+        _restore_certificate_checks()
         root.removeFilter(env_filter)
     return vlmeval
+
+
+def _restore_certificate_checks() -> None:
+    """Undo ``import vlmeval``'s process-wide switch to unverified HTTPS, whoever imported it first."""
+    if ssl._create_default_https_context is ssl._create_unverified_context:
+        ssl._create_default_https_context = ssl.create_default_context
 
 
 @contextlib.contextmanager

@@ -357,13 +357,16 @@ def to_clip(source: VideoSource, num_frames: Optional[int] = None, fps: Optional
 
 
 def write_video(path: str, frames: np.ndarray, fps: float, gop_size: Optional[int] = None) -> str:
-    """Encode (T, H, W, 3) uint8 RGB frames as an MPEG-4 video with PyAV (tests, demos). Returns ``path``.
+    """Encode (T, H, W, 3) uint8 RGB frames as an MPEG-4 video (tests, demos, benchmarks). Returns ``path``.
 
-    H and W must be even (yuv420p). ``gop_size``: frames between keyframes (codec default if None).
+    PyAV when installed, else OpenCV's writer (``gop_size`` is then the codec's default). H and W
+    must be even (yuv420p). ``gop_size``: frames between keyframes (codec default if None).
     """
-    import av
-
     frames = check_frames(frames)
+    try:
+        import av
+    except ImportError:
+        return _write_video_cv2(path, frames, fps)
     with av.open(path, "w") as container:
         stream = container.add_stream("mpeg4", rate=int(round(fps)))
         stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
@@ -375,4 +378,19 @@ def write_video(path: str, frames: np.ndarray, fps: float, gop_size: Optional[in
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def _write_video_cv2(path: str, frames: np.ndarray, fps: float) -> str:
+    """``write_video`` through OpenCV (MPEG-4 part 2, the same codec as the PyAV path)."""
+    import cv2
+
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(round(fps)), (int(frames.shape[2]), int(frames.shape[1])))
+    if not writer.isOpened():
+        raise ValueError(f"OpenCV cannot write {path!r}; install PyAV (pip install av).")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
     return path

@@ -18,6 +18,8 @@ from typing import Dict, List
 
 import pytest
 
+from tango_eval.records import FAILED_ANSWER
+
 REPO = Path(__file__).resolve().parents[2]
 RUN_PY = REPO / "VLMEvalKit" / "run.py"
 SAMPLES = 6
@@ -156,7 +158,7 @@ def test_undecodable_video_is_a_failed_sample_not_a_failed_run(assets) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Video-MME: answered 5, reused 0, failed 1" in result.stdout
     answers = predictions(work_dir, "Video-MME")
-    assert list(answers.values()).count("[failed]") == 1
+    assert list(answers.values()).count(FAILED_ANSWER) == 1
     summary = json.loads((work_dir / "llava_onevision" / "llava_onevision_Video-MME_tango.json").read_text())
     assert summary["failed"] == 1
     (reason,) = summary["failed_samples"].values()
