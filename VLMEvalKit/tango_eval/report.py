@@ -94,7 +94,7 @@ def _row(path: Path) -> Dict[str, object]:
         "avg_visual_tokens_before": _float(summary.get("avg_visual_tokens_before")),
         "demo": bool(summary.get("demo", False)),
         "prediction_file": prediction_file,
-        "result_file": str(path),
+        "result_file": str(path.resolve()),
         "error": error_text,
     }
 
