@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     harness.add_argument("--attn-implementation", help="transformers attention (default: flash_attention_2 if installed, else sdpa)")
     harness.add_argument("--siglip-path", help="LLaVA: SigLIP checkpoint with the attention-pooling head")
     harness.add_argument("--fresh", action="store_true", help="discard earlier answers in the work dir and start over")
+    harness.add_argument("--prefetch", type=int, default=2,
+                         help="samples whose prompt and video are prepared ahead in background threads (default 2; 0: none)")
     harness.add_argument("--demo", action="store_true", help="label results as those of a tiny random-weight demo model")
     harness.add_argument("--offline", action="store_true", help="never reach the network (HF_HUB_OFFLINE=1)")
     return parser
@@ -337,7 +339,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 raise UsageError(problem)
     work_dir = Path(args.work_dir).expanduser()
     check_work_dir(work_dir)
-    options = RunOptions(mode=args.mode, limit=args.limit, keep_failed=args.keep_failed, fresh=args.fresh, verbose=args.verbose)
+    if args.prefetch < 0:
+        raise UsageError(f"--prefetch must be 0 or more samples, got {args.prefetch}.")
+    options = RunOptions(mode=args.mode, limit=args.limit, keep_failed=args.keep_failed, fresh=args.fresh,
+                         verbose=args.verbose, prefetch=args.prefetch)
     offline = bool(args.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"))
     return Plan(plans, work_dir, options, hub_cache, args.data_root, offline)
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .benchmarks import Benchmark
 from .distributed import Processes
+from .prefetch import Prepared, PreparedSample, Prefetcher
 from .records import FAILED_ANSWER, RecordStore, SampleRecord
 from .vlmeval_env import captured_output, import_vlmeval, no_hub_login
 
@@ -53,7 +54,8 @@ class RunOptions:
     mode: VLMEvalKit's ``all`` / ``infer`` / ``eval``. limit: the first N samples of each dataset
     only. keep_failed: do not retry samples that failed in an earlier run. fresh: discard earlier
     records. max_consecutive_failures: give up on a dataset after that many failures in a row
-    (something is wrong with every sample, not with one video).
+    (something is wrong with every sample, not with one video). prefetch: samples prepared ahead
+    in background threads (prompt and decoded video; 0: everything in order on this thread).
     """
 
     mode: str = "all"
@@ -62,6 +64,7 @@ class RunOptions:
     fresh: bool = False
     verbose: bool = False
     max_consecutive_failures: int = 8
+    prefetch: int = 2
 
 
 @dataclass
@@ -224,46 +227,60 @@ class DatasetRunner:
             self.model.nframe, self.model.fps = None, float(dataset.fps)
 
     def _answer(self, dataset, key: str, indices: List[str], mine: List[str], store: RecordStore) -> None:
-        """Answer this process's share, one durable record per sample."""
+        """Answer this process's share, one durable record per sample.
+
+        The next samples' prompts are built and their videos decoded in background threads
+        (:class:`~tango_eval.prefetch.Prefetcher`) while the current one is answered.
+        """
         row_of = {index: row for row, index in enumerate(indices)}
         self._apply_frame_setting(dataset)
         consecutive_failures = 0
+        prepared = Prefetcher(lambda index: self._prepare(dataset, index, row_of[index]), mine, self.options.prefetch)
         progress = tqdm(
-            mine,
+            prepared,
+            total=len(mine),
             desc=f"{key} (rank {self.processes.rank} of {self.processes.world_size})" if self.processes.world_size > 1 else key,
             unit="sample",
             disable=not self.processes.is_main,
             dynamic_ncols=True,
         )
-        for index in progress:
-            record = self._answer_one(dataset, key, index, row_of[index])
-            store.append(record)
-            if self.options.verbose:
-                LOG.info("%s #%s: %s", key, index, record.prediction)
-            if not record.failed:
-                consecutive_failures = 0
-                continue
-            consecutive_failures += 1
-            LOG.warning("%s sample %s failed: %s", key, index, record.error)
-            if consecutive_failures >= self.options.max_consecutive_failures:
-                raise DatasetFailed(
-                    f"{key}: {consecutive_failures} samples in a row failed (last: {record.error}); fix the cause "
-                    "and run again: every finished sample is kept."
-                )
+        with prepared:
+            for sample in progress:
+                record = self._answer_one(key, sample)
+                store.append(record)
+                if self.options.verbose:
+                    LOG.info("%s #%s: %s", key, sample.index, record.prediction)
+                if not record.failed:
+                    consecutive_failures = 0
+                    continue
+                consecutive_failures += 1
+                LOG.warning("%s sample %s failed: %s", key, sample.index, record.error)
+                if consecutive_failures >= self.options.max_consecutive_failures:
+                    raise DatasetFailed(
+                        f"{key}: {consecutive_failures} samples in a row failed (last: {record.error}); fix the cause "
+                        "and run again: every finished sample is kept."
+                    )
 
-    def _answer_one(self, dataset, key: str, index: str, row: int) -> SampleRecord:
-        """Build the prompt with the dataset's own ``build_prompt`` and answer it."""
+    def _prepare(self, dataset, index: str, row: int) -> PreparedSample:
+        """The dataset's own prompt for one sample and its decoded video (runs in a worker thread)."""
+        start = time.perf_counter()
+        message = dataset.build_prompt(row, video_llm=True)
+        videos = [item["value"] for item in message if item["type"] == "video"]
+        for path in videos:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"video file not found: {path}")
+        clip = self.model.load_clip(videos[0]) if len(videos) == 1 else None
+        return PreparedSample(index, message, clip, time.perf_counter() - start)
+
+    def _answer_one(self, key: str, sample: "Prepared") -> SampleRecord:
+        """Answer one prepared sample; any failure (preparing or answering) becomes a failed record."""
         import torch
 
         start = time.perf_counter()
-        base = {"index": index, "rank": self.processes.rank, "run_id": self.run_id}
+        base = {"index": sample.index, "rank": self.processes.rank, "run_id": self.run_id}
         try:
-            with captured_output(f"{key} build_prompt"):
-                message = dataset.build_prompt(row, video_llm=True)
-            for item in message:
-                if item["type"] == "video" and not os.path.isfile(item["value"]):
-                    raise FileNotFoundError(f"video file not found: {item['value']}")
-            prediction = self.model.generate(message=message, dataset=key)
+            prepared = sample.result()
+            prediction = self.model.answer(prepared.message, key, prepared.clip)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - any failure of one sample is that sample's
@@ -279,7 +296,7 @@ class DatasetRunner:
             visual_tokens_after=int(stats.visual_tokens_after),
             visual_tokens_after_intra_llm=stats.visual_tokens_after_intra_llm,
             num_frames=int(stats.num_frames),
-            times_ms={k: float(v) for k, v in stats.times_ms.items()},
+            times_ms={**{k: float(v) for k, v in stats.times_ms.items()}, "prepare": 1e3 * prepared.prepare_s},
             wall_s=time.perf_counter() - start,
             **base,
         )

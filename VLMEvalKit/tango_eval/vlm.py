@@ -29,7 +29,8 @@ from vlmeval.vlm.base import BaseModel  # noqa: E402
 from tango_core import TangoConfig  # noqa: E402
 from tango_core.models.base import TangoGeneration, TangoVideoLM  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
-from tango_core.models.video import sample_fps  # noqa: E402
+from tango_core.models.base import VideoClip  # noqa: E402
+from tango_core.models.video import sample_fps, sample_uniform  # noqa: E402
 
 
 
@@ -49,6 +50,12 @@ def video_and_text(message: List[Dict[str, Any]]) -> Tuple[str, str]:
         )
     text = "".join(str(item["value"]) for item in message if item["type"] == "text")
     return str(videos[0]), text
+
+
+def with_source(clip: VideoClip, path: str) -> VideoClip:
+    """``clip`` labelled with the file it was decoded from."""
+    clip.source = path
+    return clip
 
 
 def resolve_device(requested: Optional[str]) -> torch.device:
@@ -138,16 +145,35 @@ class TangoVideoModel(BaseModel):
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _video_source(self, path: str) -> Any:
-        """What the adapter reads for ``path`` under the current nframe / fps."""
-        return path
+    def load_clip(self, path: str) -> VideoClip:
+        """Decode the frames the adapter samples from ``path`` under the current nframe / fps.
+
+        Safe to call from a background thread (the runner decodes the next samples while the GPU
+        answers the current one).
+        """
+        raise NotImplementedError
+
+    def answer(self, message: List[Dict[str, Any]], dataset: Optional[str] = None, clip: Optional[VideoClip] = None) -> str:
+        """``generate`` (VLMEvalKit's checks, then :meth:`generate_inner`) on already decoded frames."""
+        self._clip = clip
+        try:
+            return self.generate(message=message, dataset=dataset)
+        finally:
+            self._clip = None
 
     def generate_inner(self, message: List[Dict[str, Any]], dataset: Optional[str] = None) -> str:
         """The greedy answer to one VLMEvalKit message (never empty)."""
         path, question = video_and_text(message)
-        generation = self.adapter.generate(self._video_source(path), question, max_new_tokens=int(self.settings.max_new_tokens))
+        clip = getattr(self, "_clip", None)
+        if clip is None or clip.source != path:
+            clip = self.load_clip(path)
+        self._fit_adapter_to(clip)
+        generation = self.adapter.generate(clip, question, max_new_tokens=int(self.settings.max_new_tokens))
         self.last_generation = generation
         return printable(generation.text).strip() or EMPTY_ANSWER
+
+    def _fit_adapter_to(self, clip: VideoClip) -> None:
+        """Make the adapter take ``clip`` as it is (no resampling)."""
 
 
 class _LlavaModel(TangoVideoModel):
@@ -159,13 +185,13 @@ class _LlavaModel(TangoVideoModel):
             options["siglip_path"] = self.settings.siglip_path
         return options
 
-    def _video_source(self, path: str) -> Any:
+    def load_clip(self, path: str) -> VideoClip:
         if self.nframe:
-            self.adapter.num_frames = int(self.nframe)
-            return path
-        clip = sample_fps(path, float(self.fps))
+            return with_source(sample_uniform(path, int(self.nframe)), path)
+        return with_source(sample_fps(path, float(self.fps)), path)
+
+    def _fit_adapter_to(self, clip: VideoClip) -> None:
         self.adapter.num_frames = int(clip.frames.shape[0])
-        return clip
 
 
 class TangoLlavaOneVision(_LlavaModel):
@@ -198,11 +224,10 @@ class TangoQwen25VL(TangoVideoModel):
 
     MODEL = "qwen2_5_vl"
 
-    def _video_source(self, path: str) -> Any:
-        self.adapter.num_frames = int(self.nframe) if self.nframe else None
+    def load_clip(self, path: str) -> VideoClip:
         if self.fps:
             self.adapter.fps = float(self.fps)
-        return path
+        return with_source(self.adapter.load_clip(path, int(self.nframe) if self.nframe else None), path)
 
 
 MODEL_CLASSES = {cls.__name__: cls for cls in (TangoLlavaOneVision, TangoLlavaVideo, TangoQwen25VL)}

@@ -18,7 +18,8 @@ class VideoClip:
 
     frames: (T, H, W, 3) uint8 RGB. timestamps: (T,) seconds of each sampled frame.
     frame_indices: (T,) indices into the source video. source_fps / num_source_frames describe
-    the source (for arrays given directly, fps defaults to 1.0 and indices to 0..T-1).
+    the source (for arrays given directly, fps defaults to 1.0 and indices to 0..T-1). source: the
+    file the frames were decoded from, when known.
     """
 
     frames: np.ndarray
@@ -26,6 +27,7 @@ class VideoClip:
     frame_indices: np.ndarray
     source_fps: float
     num_source_frames: int
+    source: Optional[str] = None
 
     @property
     def duration(self) -> float:
