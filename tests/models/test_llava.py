@@ -69,9 +69,13 @@ def onevision(checkpoints) -> LlavaTango:
     return load(checkpoints, "llava_onevision")
 
 
-@pytest.fixture(scope="module")
-def llava_video(checkpoints) -> LlavaTango:
-    return load(checkpoints, "llava_video", intra_llm_layer=INTRA_K)
+# LLaVA-Video's intra-LLM stage builds its own masks: eager attention takes them as they are,
+# sdpa may drop a causal one (is_causal), so mask mistakes show only under eager.
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def llava_video(checkpoints, request) -> LlavaTango:
+    adapter = load(checkpoints, "llava_video", intra_llm_layer=INTRA_K, attn_implementation=request.param)
+    assert adapter.model.config.text_config._attn_implementation == request.param
+    return adapter
 
 
 # --------------------------------------------------------------------------------------------- vanilla
@@ -234,6 +238,12 @@ def test_file_path_input(onevision: LlavaTango, tmp_path) -> None:
 
 # --------------------------------------------------------------------------------------------- intra-LLM
 
+def causal_mask(length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(1, 1, S, S) additive causal mask, taken as is by both eager and sdpa attention."""
+    blocked = torch.ones(length, length, dtype=torch.bool).triu(1)
+    return torch.zeros(length, length, dtype=dtype).masked_fill(blocked, torch.finfo(dtype).min)[None, None]
+
+
 def causal_attention_rows(layer, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Full (S, S) post-softmax causal attention of a Qwen2 layer, averaged over heads (slow reference)."""
     attn = layer.self_attn
@@ -261,10 +271,11 @@ def intra_llm_reference(
     with torch.no_grad():
         cos, sin = lm.rotary_emb(seq, positions)
         hidden = seq
+        mask = causal_mask(seq.shape[1], seq.dtype)
         for layer in lm.layers[: k_layer - 1]:
-            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin))
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos, sin))
         rows = causal_attention_rows(lm.layers[k_layer - 1], hidden, cos, sin)
-        hidden = lm.layers[k_layer - 1](hidden, attention_mask=None, position_embeddings=(cos, sin))
+        hidden = lm.layers[k_layer - 1](hidden, attention_mask=mask, position_embeddings=(cos, sin))
 
         start, stop = inputs.visual_start, inputs.visual_start + inputs.visual_length
         score = rows[prompt_len - 1, start:stop]
@@ -283,15 +294,17 @@ def intra_llm_reference(
         keep_positions = torch.cat([torch.arange(start), start + kept, torch.arange(stop, seq.shape[1])])
         hidden = merged[:, keep_positions]
         cos_kept, sin_kept = cos[:, keep_positions], sin[:, keep_positions]
+        mask = causal_mask(hidden.shape[1], hidden.dtype)
         for layer in lm.layers[k_layer:]:
-            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos_kept, sin_kept))
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=(cos_kept, sin_kept))
         hidden = lm.norm(hidden)
         last_prompt = prompt_len - 1 - (inputs.visual_length - num_keep)
         return adapter.model.lm_head(hidden[0, last_prompt:]).float(), num_keep
 
 
 def test_layer_loop_reference_is_the_plain_model(llava_video: LlavaTango) -> None:
-    """Sanity of the slow reference's building blocks: the layer loop with mask=None is causal."""
+    """Sanity of the slow reference's building blocks: the layer loop with an explicit causal mask
+    is the plain model, under sdpa and eager alike."""
     inputs = llava_video.prepare_inputs(FRAMES, QUESTION)
     lm = llava_video.model.model.language_model
     embeds = inputs.inputs_embeds[:, :300]
@@ -299,7 +312,7 @@ def test_layer_loop_reference_is_the_plain_model(llava_video: LlavaTango) -> Non
         cos, sin = lm.rotary_emb(embeds, torch.arange(300)[None])
         hidden = embeds
         for layer in lm.layers:
-            hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin))
+            hidden = layer(hidden, attention_mask=causal_mask(300), position_embeddings=(cos, sin))
         torch.testing.assert_close(lm.norm(hidden), lm(inputs_embeds=embeds).last_hidden_state, atol=1e-5, rtol=1e-5)
 
 

@@ -52,6 +52,7 @@ def make_model(attn: str = "sdpa", dtype: torch.dtype = torch.float32, seed: int
                 param.copy_(noise)
             else:
                 param.copy_(0.15 * noise)
+    assert model.config._attn_implementation == attn
     return model.eval().to(dtype)
 
 
@@ -188,8 +189,9 @@ def test_keep_all_matches_plain_forward(attn: str) -> None:
             torch.testing.assert_close(out, full[:, -1:], atol=1e-5, rtol=1e-5)
 
 
-def test_empty_visual_span_is_plain_forward() -> None:
-    model = make_model()
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_empty_visual_span_is_plain_forward(attn: str) -> None:
+    model = make_model(attn)
     runner = IntraLLMQwen2Runner(model, prune_layer=PRUNE_LAYER, keep_ratio=0.5)
     embeds = make_embeds(SEQ)
     hidden, cache = runner.prefill(embeds, None, 4, 4)
@@ -230,8 +232,9 @@ def test_prefill_matches_slow_reference(attn, keep_ratio, merge_weight, prune_la
     torch.testing.assert_close(hidden32[0].double(), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_explicit_position_ids_are_used() -> None:
-    model = make_model(dtype=torch.float64)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_explicit_position_ids_are_used(attn: str) -> None:
+    model = make_model(attn, dtype=torch.float64)
     runner = IntraLLMQwen2Runner(model, prune_layer=PRUNE_LAYER, keep_ratio=1.0)
     embeds = make_embeds(SEQ, dtype=torch.float64)
     shifted = torch.arange(SEQ)[None] + 3
@@ -260,8 +263,9 @@ def test_decode_matches_recomputation(attn: str) -> None:
             assert layer.keys.shape[-2] == (SEQ if i < PRUNE_LAYER else kept) + t + 1
 
 
-def test_generate_is_greedy_and_stops_at_eos() -> None:
-    model = make_model(dtype=torch.float64)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_generate_is_greedy_and_stops_at_eos(attn: str) -> None:
+    model = make_model(attn, dtype=torch.float64)
     runner = IntraLLMQwen2Runner(model, prune_layer=PRUNE_LAYER, keep_ratio=0.5)
     torch.manual_seed(3)
     lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False).double()
@@ -298,9 +302,10 @@ def test_bidirectional_bug_option(attn: str) -> None:
     torch.testing.assert_close(out_buggy[0], expected, **TOL64)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_runs(dtype: torch.dtype) -> None:
-    model = make_model(dtype=dtype)
+def test_half_precision_runs(dtype: torch.dtype, attn: str) -> None:
+    model = make_model(attn, dtype=dtype)
     runner = IntraLLMQwen2Runner(model, prune_layer=PRUNE_LAYER, keep_ratio=0.5)
     embeds = make_embeds(SEQ, dtype=dtype)
     hidden, cache = runner.prefill(embeds, None, VIS_START, VIS_END)
@@ -310,8 +315,9 @@ def test_half_precision_runs(dtype: torch.dtype) -> None:
     assert isinstance(cache, IntraLLMCache) and cache.num_visual_kept == 8
 
 
-def test_invalid_inputs_raise() -> None:
-    model = make_model()
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_invalid_inputs_raise(attn: str) -> None:
+    model = make_model(attn)
     with pytest.raises(ValueError, match="prune_layer"):
         IntraLLMQwen2Runner(model, prune_layer=0)
     with pytest.raises(ValueError, match="prune_layer"):
