@@ -15,7 +15,6 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -62,13 +61,13 @@ def topk_baseline(features: torch.Tensor, saliency: torch.Tensor, budget: int) -
 def _stream(shape: str, videos: int, dim_override, dtype, device) -> dict:
     """Per-call time over ``videos`` different clips (seeds, scene counts and regimes): with CUDA
     graphs starting from an empty cache, and eagerly, on the same clips."""
-    from tango_core.graphs import default_graphs
+    from tango_core import graph_cache
 
     frames, grid, dim, ratio, threshold = SHAPES[shape]
     dim = dim_override or dim
     config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
-    eager_config = replace(config, cuda_graphs=False)
-    graphs = default_graphs()
+    eager_config = config.with_execution(cuda_graphs=False)
+    graphs = graph_cache()
     graphs.clear()
     before = (graphs.replays, graphs.captures, graphs.eager_runs)
     regimes = ("static", "mixed", "dynamic")
@@ -96,10 +95,12 @@ def _stream(shape: str, videos: int, dim_override, dtype, device) -> dict:
 def _stage_times(clip, grid, config, runs: int = 20) -> dict:
     """GPU time of each captured graph replayed alone, and host time of the planning between them,
     for the clip the default graph cache saw last (medians, ms)."""
-    from tango_core.graphs import default_graphs, graph_layout
+    from tango_core import graph_cache
+    from tango_core.graphs import GRAPH_LAYOUT
+    from tango_core.layout import build_layout
     from tango_core.stages import plan_from_segments, segments_from_statistics
 
-    video = next(reversed(default_graphs()._videos.values()))
+    video = next(reversed(graph_cache()._videos.values()))
     layout_graph = next(reversed(video.layouts.values()))
     num_frames, num_tokens = clip.saliency.shape
     gpu = {"statistics": [], "rope": [], "layout": []}
@@ -121,7 +122,7 @@ def _stage_times(clip, grid, config, runs: int = 20) -> dict:
         statistics_host = video.host_statistics.numpy()
         segments, static_runs = segments_from_statistics(statistics_host, num_frames, num_tokens, config)
         plan = plan_from_segments(static_runs, segments, num_tokens, config)
-        layout = graph_layout(plan, num_frames, num_tokens, config)
+        layout = build_layout(plan, num_frames, num_tokens, GRAPH_LAYOUT)
         layout_graph.staging.numpy()[:] = layout.packed
         host.append((time.perf_counter() - start) * 1e3)
     out = {f"gpu_{name}_ms": statistics.median(values) for name, values in gpu.items()}
@@ -133,7 +134,7 @@ def _graph_memory(device: torch.device):
     """Bytes the graph cache holds (allocated memory freed by clearing it), or None off CUDA."""
     if device.type != "cuda":
         return None
-    from tango_core.graphs import clear_cuda_graphs
+    from tango_core import clear_cuda_graphs
 
     torch.cuda.synchronize()
     held = torch.cuda.memory_allocated(device)
@@ -163,7 +164,7 @@ def main() -> None:
         for regime in args.regimes.split(","):
             clip = structured_clip(frames, grid, dim, regime, num_scenes=3, seed=0, dtype=dtype, device=device)
             config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
-            eager_config = replace(config, cuda_graphs=False)
+            eager_config = config.with_execution(cuda_graphs=False)
             result = tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)
             kept = result.keep_index.numel()
             first_ms = _time(lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config), 1, 0, device)
@@ -175,7 +176,7 @@ def main() -> None:
                 lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, eager_config),
                 args.runs, args.warmup, device,
             )
-            unfused_config = replace(config, fused_kernels=False)
+            unfused_config = config.with_execution(fused_kernels=False)
             unfused_ms = _time(
                 lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, unfused_config),
                 args.runs, args.warmup + 2, device,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,8 @@ def main() -> None:
                   (case["H"], case["W"]), torch.from_numpy(arrays["ts"]).to(device))
         # Calls 1-3 with graphs: eager on padded tables, capture, replay; then without graphs.
         for label, run_config in (("graphs call 1", config), ("graphs call 2", config), ("graphs call 3", config),
-                                  ("eager", replace(config, cuda_graphs=False)),
-                                  ("eager, PyTorch ops only", replace(config, cuda_graphs=False, fused_kernels=False))):
+                                  ("eager", config.with_execution(cuda_graphs=False)),
+                                  ("eager, PyTorch ops only", config.with_execution(cuda_graphs=False, fused_kernels=False))):
             result = tango_prune(*inputs, run_config)
             keep = result.keep_index.cpu().numpy()
             same = keep.shape == arrays["keep"].shape and bool((keep == arrays["keep"]).all())
@@ -55,12 +54,12 @@ def main() -> None:
         for _ in range(2):  # the second call captures, the third replays
             tango_prune(*cuda_inputs, TangoConfig(0.1))
         graphed = tango_prune(*cuda_inputs, TangoConfig(0.1))
-        eager = tango_prune(*cuda_inputs, TangoConfig(0.1, cuda_graphs=False))
+        eager = tango_prune(*cuda_inputs, TangoConfig(0.1).with_execution(cuda_graphs=False))
         same = torch.equal(graphed.keep_index, eager.keep_index)
         error = (graphed.kept_features.float() - eager.kept_features.float()).abs().max().item() if same else float("nan")
         print(f"CUDA graphs vs eager, {regime:7} clip: keep {'identical' if same else 'DIFFERENT'}, max feature error {error:.2e}")
         failures += not same
-        plain = tango_prune(*cuda_inputs, TangoConfig(0.1, cuda_graphs=False, fused_kernels=False))
+        plain = tango_prune(*cuda_inputs, TangoConfig(0.1).with_execution(cuda_graphs=False, fused_kernels=False))
         same = torch.equal(plain.keep_index, eager.keep_index)
         error = (plain.kept_features.float() - eager.kept_features.float()).abs().max().item() if same else float("nan")
         print(f"fused kernels vs PyTorch ops, {regime:7} clip: keep {'identical' if same else 'DIFFERENT'}, "

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prune import DTYPES, SHAPES  # noqa: E402
-from tango_core import TangoConfig, graphs, prune, tango_prune  # noqa: E402
+from tango_core import TangoConfig, graphs, pipeline, prune, tango_prune  # noqa: E402
 from tango_core.synthetic import structured_clip  # noqa: E402
 
 SPANS: dict = defaultdict(list)
@@ -53,14 +53,14 @@ def main() -> None:
     config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold)
     steps = [
         (graphs.TangoGraphs, "prune", "graph path, outputs copied"),
-        (graphs.TangoGraphs, "_prune", "graph path before output copies"),
+        (graphs, "run_pipeline", "graph path before output copies"),
         (prune, "_validate", "validate inputs"),
         (graphs.CapturedCall, "replay", "graph replays (3)"),
-        (prune.HostCopy, "__init__", "start statistics copy"),
+        (pipeline.HostCopy, "__init__", "start statistics copy"),
         (graphs.TangoGraphs, "_video", "video lookup + input copies"),
-        (prune.HostCopy, "wait", "wait for statistics"),
-        (graphs, "plan_from_statistics", "plan: checks, segments, budgets"),
-        (graphs, "graph_layout", "plan: layout tables"),
+        (pipeline.HostCopy, "wait", "wait for statistics"),
+        (pipeline, "plan_from_statistics", "plan: checks, segments, budgets"),
+        (pipeline, "build_layout", "plan: layout tables"),
         (graphs.TangoGraphs, "_run_layout", "layout upload + replay"),
     ]
     for owner, name, label in steps:

@@ -31,7 +31,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frames, grid, dim, ratio, threshold = SHAPES[args.shape]
     clip = structured_clip(frames, grid, dim, args.regime, 3, 0, dtype=DTYPES[args.dtype], device=device)
-    config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold, cuda_graphs=not args.eager)
+    config = TangoConfig(retention_ratio=ratio, similarity_threshold=threshold).with_execution(cuda_graphs=not args.eager)
     run = lambda: tango_prune(clip.features, clip.saliency, grid, clip.timestamps, config)  # noqa: E731
     for _ in range(5):
         run()

@@ -1,13 +1,13 @@
-"""The one configuration object of Tango (spec section 2)."""
+"""Configuration of Tango (spec section 2): the algorithm's knobs and, apart, how it runs."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence, Tuple
 
-Segmenter = Literal["holitom", "fastvid"]
 SEGMENTERS: Tuple[str, ...] = ("holitom", "fastvid")
+BACKENDS: Tuple[str, ...] = ("fast", "reference")
 
 # Attention-sink positions of SigLIP, per model preset (spec section 2).
 SINK_PRESETS = {
@@ -17,30 +17,52 @@ SINK_PRESETS = {
 }
 
 
+def paper_similarity_threshold(nominal_ratio: float) -> float:
+    """The paper's segmentation threshold ``tau`` for a run at nominal retention ratio r:
+    0.65 at r = 0.1, else 0.8."""
+    return 0.65 if nominal_ratio == 0.1 else 0.8
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How ``tango_prune`` runs, never what it computes.
+
+    backend: ``"fast"`` (the pipeline of this package) or ``"reference"``
+    (:func:`tango_core.reference.reference_prune`, the readable oracle; slow).
+    cuda_graphs: replay the fast pipeline's device stages as CUDA graphs (CUDA inputs only).
+    fused_kernels: run its memory-bound parts as Triton kernels (CUDA, Triton installed).
+    graph_cache_videos / graph_cache_layouts: video shapes kept by the graph cache, and
+    selection-stage graphs kept per shape (least recently used dropped first).
+    graph_capture_after: how many times a layout is seen before its graph is captured.
+    """
+
+    backend: str = "fast"
+    cuda_graphs: bool = True
+    fused_kernels: bool = True
+    graph_cache_videos: int = 4
+    graph_cache_layouts: int = 64
+    graph_capture_after: int = 2
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
+        for name in ("graph_cache_videos", "graph_cache_layouts", "graph_capture_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+
+
 @dataclass(frozen=True)
 class TangoConfig:
-    """Every knob of the Tango pre-LLM pipeline, with the paper's defaults.
+    """Every knob of the Tango pre-LLM pipeline, with the paper's defaults; ``execution`` says
+    how it runs (:class:`ExecutionOptions`).
 
-    ``retention_ratio`` is the target fraction of visual tokens kept, in (0, 1]. ``1.0`` means
-    "no pruning": every token is returned unchanged (the reference would still collapse static
-    tokens at 1.0; we do not).
-
-    ``similarity_threshold=None`` resolves to 0.65 when ``retention_ratio == 0.1`` and 0.8
-    otherwise (the paper's runs); use :meth:`resolved_similarity_threshold`.
-
-    ``exact_budget=True`` spends exactly ``round(r * N * L)`` tokens (spec section 8) instead of
-    reproducing the reference's budget arithmetic.
-
-    ``own_anchor_merge=True`` writes each merged context feature at its own anchor; the default
-    ``False`` reproduces the reference's pairing of merged features with anchors (spec 4.5).
-
-    ``cuda_graphs=True`` (execution only) replays the device stages of CUDA inputs as CUDA graphs
-    (:mod:`tango_core.graphs`): same results, far fewer kernel launches, some GPU memory held by
-    the graphs. ``False`` runs them eagerly. No effect on CPU.
-
-    ``fused_kernels=True`` (execution only) runs the memory-bound parts of the CUDA path as fused
-    Triton kernels (:mod:`tango_core.kernels`) when Triton is installed; ``False`` uses PyTorch
-    operations only. The two agree to float32 rounding. No effect on CPU.
+    ``retention_ratio``: target fraction of visual tokens kept, in (0, 1]; ``1.0`` returns every
+    token unchanged (the reference would still collapse static tokens; we do not).
+    ``similarity_threshold=None``: :func:`paper_similarity_threshold` of the retention ratio.
+    ``exact_budget=True``: spend exactly ``round(r * N * L)`` tokens (spec section 8).
+    ``own_anchor_merge=True``: write each merged context feature at its own anchor; the default
+    reproduces the reference's pairing (spec 4.5).
     """
 
     retention_ratio: float = 0.1
@@ -58,8 +80,7 @@ class TangoConfig:
     fastvid_cuts: int = 8
     exact_budget: bool = False
     own_anchor_merge: bool = False
-    cuda_graphs: bool = True
-    fused_kernels: bool = True
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
     def __post_init__(self) -> None:
         r = self.retention_ratio
@@ -106,13 +127,18 @@ class TangoConfig:
                 )
             object.__setattr__(self, "rope_sections", sections)
         object.__setattr__(self, "sink_positions", tuple(int(p) for p in self.sink_positions))
+        if not isinstance(self.execution, ExecutionOptions):
+            raise ValueError(f"execution must be an ExecutionOptions, got {type(self.execution).__name__}.")
 
     def resolved_similarity_threshold(self) -> float:
-        """Segmentation threshold ``tau``: explicit value, else 0.65 at r = 0.1 and 0.8 otherwise."""
+        """Segmentation threshold ``tau``: the explicit value, else the paper's rule."""
         if self.similarity_threshold is not None:
             return float(self.similarity_threshold)
-        return 0.65 if self.retention_ratio == 0.1 else 0.8
+        return paper_similarity_threshold(self.retention_ratio)
 
+    def with_execution(self, **changes) -> "TangoConfig":
+        """This configuration with some :class:`ExecutionOptions` changed."""
+        return replace(self, execution=replace(self.execution, **changes))
 
 
 def default_rope_sections(dim: int) -> Tuple[int, int, int]:

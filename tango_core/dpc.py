@@ -1,96 +1,49 @@
-"""Batched DPC-KNN clustering and the two ways Tango uses it (spec 4.4, 4.5, 4.6).
+"""Batched DPC-KNN (spec 4.6) and its cluster tails (4.4, 4.5), in PyTorch.
 
-Every function works on a padded batch of independent problems: ``points`` (P, M, D) float32
-whose first ``M_p`` rows of problem p are valid. Per-problem sizes are known on the host before
-any of this runs, so the small per-problem tables (:class:`ProblemTables`) are built there and
-passed in: the device only runs the (P, M, M) work, in as few kernels as possible.
+Every function works on a padded batch of independent problems: ``points`` (P, M, D) whose first
+``M_p`` rows of problem p are valid, described by :class:`~tango_core.types.ProblemTables`.
+These are the PyTorch forms of :mod:`tango_core.ops`; the fused kernels of
+:mod:`tango_core.kernels` compute the same quantities.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Tuple
 
-import numpy as np
 import torch
+
+from .types import SPLIT_SCALE, Points, ProblemTables, SplitPoints
 
 NEG_INF = float("-inf")
 POS_INF = float("inf")
 
 
-@dataclass
-class ProblemTables:
-    """Host-built description of a padded batch of P problems of at most M points, A centres.
-
-    valid / invalid: (P, M) bool point masks. centre_valid / centre_invalid: (P, A) bool.
-    neg_inv_neighbours: (P, 1) float32, ``-1 / (min(k + 1, M_p) - 1)`` (0 for a single point).
-    keep_all: (P, 1) bool, problems that keep their candidates without clustering.
-    """
-
-    valid: torch.Tensor
-    invalid: torch.Tensor
-    centre_valid: torch.Tensor
-    centre_invalid: torch.Tensor
-    neg_inv_neighbours: torch.Tensor
-    keep_all: torch.Tensor
-
-
-def problem_arrays(
-    sizes: np.ndarray, centres: np.ndarray, num_neighbors: int, width: int | None = None, most: int | None = None
-) -> dict:
-    """numpy arrays of :class:`ProblemTables` for problems of ``sizes`` points and ``centres`` centres.
-
-    ``width`` / ``most``: padded point and centre counts (default: the largest of each). Problems of
-    size 0 are padding: no valid points, no valid centres.
-    """
-    width = int(sizes.max()) if width is None else int(width)
-    most = int(centres.max()) if most is None else int(most)
-    valid = np.arange(width)[None, :] < sizes[:, None]
-    centre_valid = np.arange(most)[None, :] < centres[:, None]
-    used = np.minimum(num_neighbors + 1, sizes) - 1
-    return {
-        "valid": valid,
-        "invalid": ~valid,
-        "centre_valid": centre_valid,
-        "centre_invalid": ~centre_valid,
-        "neg_inv_neighbours": (-1.0 / np.maximum(used, 1)).astype(np.float32)[:, None],
-        "keep_all": ((sizes <= centres) | (sizes <= 1))[:, None],
-    }
-
-
 def problem_tables(
-    sizes: np.ndarray, centres: np.ndarray, num_neighbors: int, device: torch.device | str = "cpu"
-) -> ProblemTables:
-    """:class:`ProblemTables` on ``device`` (one small copy per table; the pipeline batches them)."""
-    arrays = problem_arrays(np.asarray(sizes, dtype=np.int64), np.asarray(centres, dtype=np.int64), num_neighbors)
-    return ProblemTables(**{name: torch.from_numpy(np.ascontiguousarray(a)).to(device) for name, a in arrays.items()})
+    counts: torch.Tensor, width: int, most: int, num_neighbors: int
+) -> Tuple[ProblemTables, Optional[torch.Tensor]]:
+    """:class:`ProblemTables` of width ``width`` and ``most`` centres from per-problem counts.
 
-
-SPLIT_SCALE = 1024.0  # see pairwise_distances
-
-
-@dataclass
-class SplitPoints:
-    """Points split for tensor-core distances: ``points * 2**10 = high + low`` in fp16.
-
-    high, low: (..., M, D) float16; squared_norms: (..., M) float32 squared norms of the points.
+    counts: (P, 2) int64 ``[points, centres]`` or (P, 3) with the first pool slot of each problem
+    (padding rows zero). Also returns, with three columns, the (P, width) int64 pool slots of the
+    problems' points, ``offset + min(j, max(points - 1, 0))`` (else None).
     """
-
-    high: torch.Tensor
-    low: torch.Tensor
-    squared_norms: torch.Tensor
-
-    def index_select(self, rows: torch.Tensor) -> "SplitPoints":
-        """Rows of a (R, D) table."""
-        return SplitPoints(self.high.index_select(0, rows), self.low.index_select(0, rows), self.squared_norms.index_select(0, rows))
-
-    def view(self, *shape: int) -> "SplitPoints":
-        """(R, D) rows viewed as ``shape`` + (D,)."""
-        dim = self.high.shape[-1]
-        return SplitPoints(self.high.view(*shape, dim), self.low.view(*shape, dim), self.squared_norms.view(*shape))
-
-
-Points = Union[torch.Tensor, SplitPoints]
+    sizes, centres = counts[:, 0:1], counts[:, 1:2]
+    columns = torch.arange(max(width, most), device=counts.device)
+    valid = columns[:width] < sizes
+    centre_valid = columns[:most] < centres
+    used = (sizes.clamp_max(num_neighbors + 1) - 1).clamp_min(1)
+    problems = ProblemTables(
+        valid=valid,
+        invalid=~valid,
+        centre_valid=centre_valid,
+        centre_invalid=~centre_valid,
+        neg_inv_neighbours=torch.div(-1.0, used.float()),
+        keep_all=sizes <= centres.clamp_min(1),
+    )
+    members = None
+    if counts.shape[1] >= 3:
+        members = counts[:, 2:3] + torch.minimum(columns[:width], (sizes - 1).clamp_min(0))
+    return problems, members
 
 
 def split_points(points: torch.Tensor) -> SplitPoints:
@@ -99,7 +52,7 @@ def split_points(points: torch.Tensor) -> SplitPoints:
 
 
 def split_scaled_points(scaled: torch.Tensor) -> SplitPoints:
-    """:class:`SplitPoints` of points given already multiplied by :data:`SPLIT_SCALE` (float32)."""
+    """:class:`SplitPoints` of float32 points given already multiplied by ``SPLIT_SCALE``."""
     high = scaled.half()
     low = torch.empty_like(high)
     torch.sub(scaled, high, out=low)  # float32 difference, rounded once to fp16
@@ -120,12 +73,10 @@ def pairwise_distances(points: Points) -> torch.Tensor:
 
     On CUDA the Gram matrix runs on tensor cores as two fp16 products with float32 accumulation
     of a hi/lo split of the points (``x = hi + lo``, 22 significant bits; ``lo @ lo.T`` is below
-    float32 rounding and dropped), several times faster than a float32 GEMM at D = 3584. Points
-    are scaled by 2**10 first so that ``lo`` stays in fp16's normal range, which needs
-    coordinates below 64 in magnitude: ST-RoPE features have unit norm. :class:`SplitPoints`
-    (split once per token by the caller; CUDA only, as the fp16 products with float32 output
-    are) take this path directly; float32 tensors are split here on CUDA and go to
-    ``torch.cdist`` elsewhere.
+    float32 rounding and dropped), several times faster than a float32 GEMM at D = 3584. The
+    split needs coordinates below 64 in magnitude (``SPLIT_SCALE``): ST-RoPE features have unit
+    norm. :class:`SplitPoints` take this path directly; float32 tensors are split here on CUDA
+    and go to ``torch.cdist`` elsewhere.
     """
     if isinstance(points, torch.Tensor):
         if not points.is_cuda:
@@ -137,7 +88,6 @@ def pairwise_distances(points: Points) -> torch.Tensor:
     squared_norms = points.squared_norms
     squared = (squared_norms.unsqueeze(-1) + squared_norms.unsqueeze(1)).sub_(gram, alpha=2.0)
     return squared.clamp_(min=0.0).sqrt_()
-
 
 
 def density_peak_scores(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
@@ -157,15 +107,9 @@ def density_peak_scores(distances: torch.Tensor, tables: ProblemTables, num_neig
     return (density * delta).masked_fill_(tables.invalid, NEG_INF)
 
 
-def centres_by_score(score: torch.Tensor, tables: ProblemTables, fused: bool = False) -> torch.Tensor:
-    """(P, A) point indices of the highest scores, highest first (ties: lower index first).
-    ``fused``: the ranking kernel of :mod:`tango_core.kernels.ranking` (same result)."""
-    count = tables.centre_valid.shape[1]
-    if fused:
-        from .kernels.ranking import top_ranked
-
-        return top_ranked(score, count)
-    return torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :count]
+def top_ranked(values: torch.Tensor, count: int) -> torch.Tensor:
+    """(P, count) indices of each row's ``count`` largest values, largest first, ties by lower index."""
+    return torch.sort(values, dim=-1, descending=True, stable=True).indices[:, :count]
 
 
 def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbors: int) -> torch.Tensor:
@@ -174,27 +118,11 @@ def dpc_knn_centres(distances: torch.Tensor, tables: ProblemTables, num_neighbor
     distances: (P, M, M) float32. Returns (P, A) int64 point indices, A = tables' centre width;
     entries past a problem's own centre count are meaningless.
     """
-    return centres_by_score(density_peak_scores(distances, tables, num_neighbors), tables)
+    return top_ranked(density_peak_scores(distances, tables, num_neighbors), tables.centre_valid.shape[1])
 
 
-def distances_and_centres(
-    points: Points, tables: ProblemTables, num_neighbors: int, fused: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`pairwise_distances` (P, M, M) and :func:`dpc_knn_centres` (P, A) of a padded batch.
-
-    ``fused``: split points go through the fused Triton kernels of :mod:`tango_core.kernels.dpc`
-    (the two fp16 products stay cuBLAS GEMMs), same results to float32 rounding. Callers ask for
-    it on CUDA (:func:`tango_core.stages.fused_kernels_for`); ``fused`` arguments here and below
-    mean "run the kernels", on whatever device the tensors are (the CPU: Triton's interpreter).
-    """
-    if fused and isinstance(points, SplitPoints):
-        from .kernels.dpc import MAX_WIDTH, dpc_scores
-
-        if points.high.shape[1] <= MAX_WIDTH:
-            gram = half_products(points.high, points.high)
-            cross = half_products(points.high, points.low)
-            distances, score = dpc_scores(gram, cross, points.squared_norms, tables, num_neighbors)
-            return distances, centres_by_score(score, tables, fused=True)
+def distances_and_centres(points: Points, tables: ProblemTables, num_neighbors: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`pairwise_distances` (P, M, M) and :func:`dpc_knn_centres` (P, A) of a padded batch."""
     distances = pairwise_distances(points)
     return distances, dpc_knn_centres(distances, tables, num_neighbors)
 
@@ -214,71 +142,35 @@ def assign_to_nearest(distances: torch.Tensor, centres: torch.Tensor, tables: Pr
     return torch.nn.functional.pad(assignment, (0, 1)).scatter_(1, own, slots)[:, :size]
 
 
-def select_diverse_salient(points: Points, tables: ProblemTables, num_neighbors: int, fused: bool = False) -> torch.Tensor:
-    """Diversity-driven salient selection (spec 4.4) on candidates in descending-saliency order.
-
-    points: (P, M, D) float32 ST-RoPE features of the candidates. Returns (P, A) candidate indices:
-    the first ``k'_p`` of row p are the picks (one per DPC-KNN cluster, its highest-saliency
-    member); a problem with ``M_p <= k'_p`` or ``M_p <= 1`` keeps its candidates in order.
-    ``fused``: see :func:`distances_and_centres`.
-    """
-    distances, centres = distances_and_centres(points, tables, num_neighbors, fused)
+def best_members(distances: torch.Tensor, centres: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
+    """(P, A) lowest point of each centre's cluster (:func:`assign_to_nearest`); 0 for a slot
+    without valid points. On candidates in descending saliency order: each cluster's best."""
+    assignment = assign_to_nearest(distances, centres, tables)  # (P, M)
     slots = torch.arange(centres.shape[1], device=distances.device)
-    # Candidates are sorted by saliency, so a cluster's best member is its first in order.
-    if fused:
-        from .kernels.clusters import best_members, nearest_centres
-
-        assignment = nearest_centres(distances, centres, tables.valid, tables.centre_valid)
-        best_member = best_members(assignment, centres.shape[1])
-    else:
-        assignment = assign_to_nearest(distances, centres, tables)  # (P, M)
-        membership = (assignment.unsqueeze(-1) == slots) & tables.valid.unsqueeze(-1)
-        best_member = membership.to(torch.uint8).argmax(dim=1)  # (P, A)
-    return torch.where(tables.keep_all, slots, best_member)
+    membership = (assignment.unsqueeze(-1) == slots) & tables.valid.unsqueeze(-1)
+    return membership.to(torch.uint8).argmax(dim=1)
 
 
-def merge_into_anchors(
-    points: Points,
-    features: torch.Tensor,
+def merge_clusters(
+    distances: torch.Tensor,
+    anchors: torch.Tensor,
+    feature_rows: torch.Tensor,
+    member_rows: torch.Tensor,
     tables: ProblemTables,
-    num_neighbors: int,
     beta: float,
-    own_anchor_merge: bool,
-    fused: bool = False,
-    member_rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor merging of context pools (spec 4.5).
+) -> torch.Tensor:
+    """Merged feature of every anchor: ``lerp(mean of its cluster, anchor, max(1 / n, beta))``.
 
-    points: (P, M, D) float32 ST-RoPE features of the pools (ascending flat-index order);
-    features: (P, M, D') float32 original features, or with ``member_rows`` (P, M) a (R, D')
-    float32 table whose rows ``member_rows`` hold them. Returns ``(slots, merged)``: (P, A) pool
-    indices where features are written and (P, A, D') float32 features written there (rows past a
-    problem's anchor count are undefined). The feature merged for the i-th anchor in pool order is
-    written at the i-th anchor in score order (the reference's pairing), or at its own anchor when
-    ``own_anchor_merge``. ``fused``: see :func:`distances_and_centres`; the assignment and the
-    cluster means run as fused kernels too, reading the feature rows in place.
+    distances: (P, M, M); anchors: (P, A) point indices, ascending; feature_rows: (R, D') float32
+    table whose rows ``member_rows`` (P, M) hold the points' original features. Clusters by
+    :func:`assign_to_nearest`. Returns (P, A, D') float32 (undefined past a problem's anchors).
     """
-    distances, by_score = distances_and_centres(points, tables, num_neighbors, fused)
-    size = distances.shape[1]
-    # Invalid slots sort last, so valid anchors come first in ascending pool order.
-    by_position = torch.sort(by_score.masked_fill(tables.centre_invalid, size), dim=-1).values.clamp_(max=size - 1)
-    slots_out = by_position if own_anchor_merge else by_score
-    if fused:
-        from .kernels.clusters import merge_clusters, nearest_centres
-
-        if member_rows is None:
-            member_rows = torch.arange(features.shape[0] * size, device=features.device).view(-1, size)
-            features = features.reshape(-1, features.shape[-1])
-        assignment = nearest_centres(distances, by_position, tables.valid, tables.centre_valid)
-        return slots_out, merge_clusters(features, member_rows, assignment, by_position, tables.centre_valid, beta)
-    if member_rows is not None:
-        features = features.index_select(0, member_rows.reshape(-1)).view(*member_rows.shape, features.shape[-1])
-    assignment = assign_to_nearest(distances, by_position, tables)
-    slots = torch.arange(by_position.shape[1], device=distances.device).view(1, -1, 1)
+    features = feature_rows.index_select(0, member_rows.reshape(-1)).view(*member_rows.shape, feature_rows.shape[-1])
+    assignment = assign_to_nearest(distances, anchors, tables)
+    slots = torch.arange(anchors.shape[1], device=distances.device).view(1, -1, 1)
     members = ((assignment.unsqueeze(1) == slots) & tables.valid.unsqueeze(1)).to(features.dtype)  # (P, A, M)
     counts = members.sum(-1, keepdim=True)  # >= 1 for valid anchors
     means = torch.bmm(members, features).div_(counts)
-    anchor_features = features.gather(1, by_position.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+    anchor_features = features.gather(1, anchors.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
     weight = counts.reciprocal().clamp_(min=beta)  # max(1 / n, beta)
-    merged = torch.lerp(means, anchor_features, weight)  # w * anchor + (1 - w) * mean
-    return slots_out, merged
+    return torch.lerp(means, anchor_features, weight)  # w * anchor + (1 - w) * mean

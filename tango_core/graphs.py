@@ -1,19 +1,22 @@
-"""CUDA-graph execution of the Tango pipeline.
+"""CUDA-graph execution of the fast pipeline, and its bounded cache.
 
 One ``tango_prune`` call issues about 150 small kernels; launched one by one from Python they
-cost several milliseconds of host time, far more than the GPU work. Here each device stage of
-:mod:`tango_core.stages` is captured once as a CUDA graph and then replayed, one launch each:
+cost several milliseconds of host time, far more than the GPU work. Here the device stages of
+:func:`tango_core.pipeline.run_pipeline` are captured once as CUDA graphs and then replayed, one
+launch each:
 
 * per video shape (N, L, D, dtypes, grid and the stage settings): the statistics stage and the
   ST-RoPE stage, reading static input buffers that each call fills with one copy per input;
 * per plan *layout*: the selection and merging stage. Layouts are padded to bucketed sizes
-  (:func:`tango_core.layout.bucket_size`) so that different videos share graphs. A layout is
-  captured the second time it is seen; the first time it runs eagerly on the same padded tables,
+  (:data:`GRAPH_LAYOUT`) so that different videos share graphs. A layout is captured once it has
+  been seen ``graph_capture_after`` times; before that it runs eagerly on the same padded tables,
   so results do not depend on whether a graph ran.
 
 All graphs of one video shape share a memory pool. Replays happen one at a time (a lock), on the
 caller's current stream, and each call copies its outputs out before returning, which is what
-makes sharing the pool safe. :func:`clear_cuda_graphs` frees everything.
+makes sharing the pool safe. The cache of ``tango_prune`` is :func:`graph_cache`; its bounds are
+execution options (:class:`~tango_core.config.ExecutionOptions`); :func:`clear_cuda_graphs`
+frees everything.
 """
 
 from __future__ import annotations
@@ -21,39 +24,21 @@ from __future__ import annotations
 import gc
 import threading
 from collections import OrderedDict
-from contextlib import nullcontext
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
-from torch.profiler import record_function
 
 from .config import TangoConfig, resolve_rope_sections
-from .layout import DeviceLayout, bucket_size, build_layout, packed_size, power_of_two_size, unpack
-from .prune import HostCopy, TangoResult, frame_times, identity_result, on_device_of, sink_tensor, upload_layout
-from .stages import (
-    extended_table,
-    layout_stage,
-    plan_from_statistics,
-    rope_stage,
-    statistics_stage,
-)
+from .layout import DeviceLayout, LayoutPolicy, bucket_size, packed_size, power_of_two_size, unpack
+from .ops import Ops, select_ops
+from .pipeline import HostCopy, frame_times, on_device_of, run_layout_stage, run_pipeline, sink_tensor
+from .rope_tables import CAPTURE_LOCK, clear_rope_tables, rope_angle_tables
+from .stages import Statistics, extended_table, layout_stage, rope_stage, statistics_stage
+from .types import SPLIT_SCALE, Points, TangoResult, VideoInputs
 
-
-# Replayed graphs leave the GPU work as the cost: group context pools with little padding.
-GRAPH_MERGE_SLACK = 1.5
-GRAPH_MERGE_SMALL = 1 << 20
-# (merge_slack, merge_small, coarse_fn) of the layouts the graph path runs.
-GRAPH_LAYOUT = (GRAPH_MERGE_SLACK, GRAPH_MERGE_SMALL, power_of_two_size)
-
-
-def _profiled(name: str):
-    """A profiler range around host steps, only while a profiler records (ranges cost host time)."""
-    return record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
-
-
-def graph_layout(plan, num_frames: int, num_tokens: int, config: TangoConfig) -> DeviceLayout:
-    """The padded layout the graph path runs for ``plan``."""
-    return build_layout(plan, num_frames, num_tokens, config.num_neighbors, bucket_size, *GRAPH_LAYOUT)
+GRAPH_LAYOUT = LayoutPolicy(size_fn=bucket_size, merge_slack=1.5, merge_small=1 << 20, coarse_fn=power_of_two_size)
+"""Replayed graphs leave the GPU work as the cost: bucketed sizes, context pools grouped with
+little padding."""
 
 
 class CapturedCall:
@@ -87,7 +72,7 @@ class _LayoutGraph:
     """The selection and merging stage of one layout shape, with its input buffers."""
 
     def __init__(
-        self, layout: DeviceLayout, inputs: Callable[[], tuple], config: TangoConfig, pool: tuple, warm_up: bool
+        self, layout: DeviceLayout, inputs: Callable[[], tuple], config: TangoConfig, ops: Ops, pool: tuple, warm_up: bool
     ) -> None:
         size = packed_size(layout.spec)
         device = inputs()[0].device
@@ -97,7 +82,7 @@ class _LayoutGraph:
         self.uploaded.record()
         self.upload(layout)
         tables, dims = unpack(self.buffer, layout.spec), dict(layout.dims)
-        self.call = CapturedCall(lambda: layout_stage(tables, dims, *inputs(), config), pool, warm_up)
+        self.call = CapturedCall(lambda: layout_stage(tables, dims, *inputs(), config, ops), pool, warm_up)
 
     def upload(self, layout: DeviceLayout) -> None:
         """Copy a layout of this shape into the graph's input buffer (before a replay)."""
@@ -110,68 +95,68 @@ class _LayoutGraph:
 class _VideoGraphs:
     """Graphs and static buffers of one video shape."""
 
-    def __init__(
-        self,
-        features: torch.Tensor,
-        saliency: torch.Tensor,
-        timestamps: Optional[torch.Tensor],
-        global_features: Optional[torch.Tensor],
-        grid: Tuple[int, int],
-        config: TangoConfig,
-    ) -> None:
+    def __init__(self, inputs: VideoInputs, config: TangoConfig, ops: Ops) -> None:
+        features, saliency = inputs.features, inputs.saliency
         device = features.device
-        self.grid = grid
+        self.grid = inputs.grid
         self.pool = torch.cuda.graph_pool_handle()
         self.extended = extended_table(*features.shape, device)
         self.features = torch.empty_like(features, memory_format=torch.contiguous_format)
         self.saliency = torch.zeros_like(saliency, memory_format=torch.contiguous_format)
-        self.times = frame_times(timestamps, features.shape[0], device).clone()
-        self.global_features = None if global_features is None else torch.zeros_like(global_features)
+        self.times = frame_times(inputs.timestamps, features.shape[0], device).clone()
+        self.global_features = None if inputs.global_features is None else torch.zeros_like(inputs.global_features)
         sinks = sink_tensor(config, device)
-        self.fill(features, saliency, timestamps, global_features)
+        self.fill(inputs)
         self.statistics = CapturedCall(
             lambda: statistics_stage(
-                self.features, self.extended, self.saliency, self.times, self.global_features, sinks, config
+                self.features, self.extended, self.saliency, self.times, self.global_features, sinks, config, ops
             ),
             self.pool,
         )
         self.host_statistics = torch.empty(
-            self.statistics.outputs[0].shape, dtype=torch.float32, pin_memory=device.type == "cuda"
+            self.statistics.outputs.values.shape, dtype=torch.float32, pin_memory=device.type == "cuda"
         )
         self.statistics_copied = torch.cuda.Event() if device.type == "cuda" else None
         self.rope: Optional[CapturedCall] = None
+        self.rope_tables: tuple = ()
         self.sections = resolve_rope_sections(features.shape[-1], config.rope_sections)
         self.layouts: "OrderedDict[tuple, _LayoutGraph]" = OrderedDict()
         self.seen: Dict[tuple, int] = {}
 
-    def fill(self, features, saliency, timestamps, global_features) -> None:
+    def fill(self, inputs: VideoInputs) -> None:
         """Copy a call's inputs into the static buffers."""
-        self.features.copy_(features)
-        self.saliency.copy_(saliency)
-        if timestamps is not None:
-            self.times.copy_(timestamps)
-        if global_features is not None:
-            self.global_features.copy_(global_features)
+        self.features.copy_(inputs.features)
+        self.saliency.copy_(inputs.saliency)
+        if inputs.timestamps is not None:
+            self.times.copy_(inputs.timestamps)
+        if inputs.global_features is not None:
+            self.global_features.copy_(inputs.global_features)
 
-    def rope_call(self, config: TangoConfig) -> CapturedCall:
+    def rope_call(self, config: TangoConfig, ops: Ops) -> CapturedCall:
+        """The ST-RoPE graph, captured on first use."""
         if self.rope is None:
-            _, norms, _, times32 = self.statistics.outputs
-            self.rope = CapturedCall(
-                lambda: (rope_stage(self.extended, norms, times32, self.grid, self.sections, config),), self.pool
-            )
+            statistics = self.statistics.outputs
+            with CAPTURE_LOCK:  # the graph reads the cached angle tables in place: hold them
+                self.rope_tables = rope_angle_tables(
+                    tuple(self.grid), self.sections, config.base_time, config.base_space, SPLIT_SCALE, self.extended.device
+                )
+                self.rope = CapturedCall(
+                    lambda: (rope_stage(self.extended, statistics, self.grid, self.sections, config, ops),), self.pool
+                )
         return self.rope
 
 
-def _video_key(features, saliency, timestamps, global_features, grid, config: TangoConfig) -> tuple:
+def _video_key(inputs: VideoInputs, config: TangoConfig, ops: Ops) -> tuple:
     """What fixes the statistics and ST-RoPE stages: shapes, dtypes, and their settings."""
+    features, timestamps, global_features = inputs.features, inputs.timestamps, inputs.global_features
     return (
         features.device,
         tuple(features.shape),
         features.dtype,
-        saliency.dtype,
+        inputs.saliency.dtype,
         None if timestamps is None else timestamps.dtype,
         None if global_features is None else (tuple(global_features.shape), global_features.dtype),
-        tuple(grid),
+        tuple(inputs.grid),
         config.segmenter,
         config.resolved_similarity_threshold(),
         config.static_threshold,
@@ -179,22 +164,41 @@ def _video_key(features, saliency, timestamps, global_features, grid, config: Ta
         config.rope_sections,
         config.base_time,
         config.base_space,
-        config.fused_kernels,
+        ops.name,
     )
+
+
+class _GraphRunner:
+    """The stage runner of one call: replays (capturing where needed) its video shape's graphs."""
+
+    layout_policy = GRAPH_LAYOUT
+
+    def __init__(self, cache: "TangoGraphs", video: _VideoGraphs, config: TangoConfig, ops: Ops) -> None:
+        self.cache, self.video, self.config, self.ops = cache, video, config, ops
+
+    def statistics(self) -> Statistics:
+        return self.video.statistics.replay()
+
+    def copy_to_host(self, values: torch.Tensor) -> HostCopy:
+        return HostCopy(values, self.video.host_statistics, self.video.statistics_copied)
+
+    def rope(self, statistics: Statistics) -> Points:
+        (rope,) = self.video.rope_call(self.config, self.ops).replay()
+        return rope
+
+    def select_and_merge(self, layout: DeviceLayout, statistics: Statistics, rope: Points) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.cache._run_layout(self.video, layout, (self.video.extended, statistics.saliency, rope), self.config, self.ops)
 
 
 class TangoGraphs:
     """A bounded cache of captured graphs, and ``tango_prune`` on top of it.
 
-    max_videos: video shapes kept (least recently used dropped first); max_layouts: layout
-    graphs kept per video shape; capture_after: how many times a layout must be seen before it is
-    captured (earlier calls run the same padded stage eagerly).
+    Its bounds come from each call's :class:`~tango_core.config.ExecutionOptions`
+    (``graph_cache_videos``, ``graph_cache_layouts``, ``graph_capture_after``). ``replays``,
+    ``captures`` and ``eager_runs`` count how selection stages ran.
     """
 
-    def __init__(self, max_videos: int = 4, max_layouts: int = 64, capture_after: int = 2) -> None:
-        self.max_videos = max_videos
-        self.max_layouts = max_layouts
-        self.capture_after = capture_after
+    def __init__(self) -> None:
         self._videos: "OrderedDict[tuple, _VideoGraphs]" = OrderedDict()
         self._lock = threading.Lock()
         self.replays = 0
@@ -202,103 +206,76 @@ class TangoGraphs:
         self.eager_runs = 0
 
     def clear(self) -> None:
+        """Drop every graph of this cache."""
         with self._lock:
             self._videos.clear()
         gc.collect()  # graphs and the closures they keep alive form reference cycles
 
-    def _video(self, features, saliency, grid, timestamps, config, global_features) -> _VideoGraphs:
-        """The graphs of this call's video shape, their static inputs filled with the call's."""
-        key = _video_key(features, saliency, timestamps, global_features, grid, config)
-        video = self._videos.pop(key, None)
-        if video is None:  # its constructor fills the inputs before capturing
-            video = _VideoGraphs(features, saliency, timestamps, global_features, grid, config)
-            while len(self._videos) >= self.max_videos:
-                self._videos.popitem(last=False)
-        else:
-            video.fill(features, saliency, timestamps, global_features)
-        self._videos[key] = video
-        return video
-
-    def prune(
-        self,
-        features: torch.Tensor,
-        saliency: torch.Tensor,
-        grid: Tuple[int, int],
-        timestamps: Optional[torch.Tensor],
-        config: TangoConfig,
-        global_features: Optional[torch.Tensor],
-    ) -> TangoResult:
+    def prune(self, inputs: VideoInputs, config: TangoConfig) -> TangoResult:
         """:func:`tango_core.tango_prune` of validated CUDA inputs, through graphs.
 
         The work runs in inference mode; the outputs are copied after it (graph outputs are
         overwritten by the next replay), so outside inference mode they are ordinary tensors.
         """
+        features = inputs.features
+        ops = select_ops(config.execution, features.device)
         with self._lock, on_device_of(features):
             with torch.inference_mode():
-                result = self._prune(features, saliency, grid, timestamps, config, global_features)
+                runner = _GraphRunner(self, self._video(inputs, config, ops), config, ops)
+                result = run_pipeline(runner, inputs, config)
             kept = result.kept_features.to(features.dtype, copy=True)
             return TangoResult(keep_index=result.keep_index.clone(), kept_features=kept, segments=result.segments)
 
-    def _prune(self, features, saliency, grid, timestamps, config, global_features) -> TangoResult:
-        """:meth:`prune` before the copies: its outputs are views of graph buffers."""
-        video = self._video(features, saliency, grid, timestamps, config, global_features)
-        statistics, _, saliency32, _ = video.statistics.replay()
-        copy = HostCopy(statistics, video.host_statistics, video.statistics_copied)
-        pruning = config.retention_ratio < 1.0
-        if pruning:
-            (rope,) = video.rope_call(config).replay()
-        with _profiled("tango.wait"):
-            host = copy.wait()
-        with _profiled("tango.plan"):
-            num_frames, num_tokens, _ = features.shape
-            segments, plan = plan_from_statistics(host, num_frames, num_tokens, config)
-            if plan is None:
-                return identity_result(features, segments)
-            layout = graph_layout(plan, num_frames, num_tokens, config)
-        with _profiled("tango.layout_stage"):
-            keep, kept = self._run_layout(video, layout, (video.extended, saliency32, rope), config)
-        return TangoResult(keep_index=keep[: layout.num_kept], kept_features=kept[: layout.num_kept], segments=segments)
+    def _video(self, inputs: VideoInputs, config: TangoConfig, ops: Ops) -> _VideoGraphs:
+        """The graphs of this call's video shape, their static inputs filled with the call's."""
+        key = _video_key(inputs, config, ops)
+        video = self._videos.pop(key, None)
+        if video is None:  # its constructor fills the inputs before capturing
+            video = _VideoGraphs(inputs, config, ops)
+        else:
+            video.fill(inputs)
+        self._videos[key] = video
+        while len(self._videos) > config.execution.graph_cache_videos:
+            self._videos.popitem(last=False)
+        return video
 
-    def _run_layout(self, video: _VideoGraphs, layout: DeviceLayout, inputs: tuple, config: TangoConfig):
-        key = (layout.key, config.num_neighbors, config.beta, config.own_anchor_merge, config.fused_kernels)
+    def _run_layout(self, video: _VideoGraphs, layout: DeviceLayout, inputs: tuple, config: TangoConfig, ops: Ops):
+        execution = config.execution
+        key = (layout.key, config.num_neighbors, config.beta, config.own_anchor_merge, ops.name)
         graph = video.layouts.pop(key, None)
         if graph is None:
             seen = video.seen.get(key, 0) + 1
-            if len(video.seen) > 64 * self.max_layouts:
+            if len(video.seen) > 64 * execution.graph_cache_layouts:
                 video.seen.clear()
             video.seen[key] = seen
-            if seen < self.capture_after:
+            if seen < execution.graph_capture_after:
                 self.eager_runs += 1
-                tables = unpack(upload_layout(layout, inputs[0].device), layout.spec)
-                return layout_stage(tables, dict(layout.dims), *inputs, config)
+                return run_layout_stage(layout, *inputs, config, ops)
             # A layout that already ran eagerly has nothing left to initialise: no warm-up run.
-            graph = _LayoutGraph(layout, lambda: inputs, config, video.pool, warm_up=self.capture_after < 2)
+            warm_up = execution.graph_capture_after < 2
+            graph = _LayoutGraph(layout, lambda: inputs, config, ops, video.pool, warm_up=warm_up)
             self.captures += 1
-            while len(video.layouts) >= self.max_layouts:
-                video.layouts.popitem(last=False)
         else:
             graph.upload(layout)
         video.layouts[key] = graph
+        while len(video.layouts) > execution.graph_cache_layouts:
+            video.layouts.popitem(last=False)
         self.replays += 1
         return graph.call.replay()
 
 
-_DEFAULT: Optional[TangoGraphs] = None
-_DEFAULT_LOCK = threading.Lock()
+_CACHE = TangoGraphs()
 
 
-def default_graphs() -> TangoGraphs:
-    """The process-wide graph cache that :func:`tango_core.tango_prune` uses."""
-    global _DEFAULT
-    with _DEFAULT_LOCK:
-        if _DEFAULT is None:
-            _DEFAULT = TangoGraphs()
-        return _DEFAULT
+def graph_cache() -> TangoGraphs:
+    """The graph cache that :func:`tango_core.tango_prune` uses (one per process)."""
+    return _CACHE
 
 
 def clear_cuda_graphs() -> None:
-    """Drop every captured graph and its memory (e.g. before loading another model)."""
-    if _DEFAULT is not None:
-        _DEFAULT.clear()
+    """Drop every captured graph of :func:`graph_cache`, the cached ST-RoPE tables, and their
+    memory (e.g. before loading another model)."""
+    _CACHE.clear()
+    clear_rope_tables()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -7,23 +7,23 @@ token id, which sorts after all real ids and is cut off on the host, where the t
 is known.
 
 Padding to :func:`bucket_size` makes layouts of different videos share shapes, so that one CUDA
-graph of the device phase serves many plans; :func:`exact_size` pads nothing.
+graph of the device phase serves many plans; :func:`exact_size` pads nothing. A
+:class:`LayoutPolicy` says how an executor pads and groups.
 
-The tables travel to the device as one byte buffer (:func:`pack`, :func:`unpack`).
+The tables travel to the device as one byte buffer (:attr:`DeviceLayout.packed`, :func:`unpack`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from typing import Callable, Dict, List, Tuple
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .budget import BudgetPlan
-from .dpc import ProblemTables
 
 SizeFn = Callable[[int], int]
 Spec = Tuple[Tuple[str, str, Tuple[int, ...]], ...]
@@ -54,28 +54,16 @@ def power_of_two_size(n: int) -> int:
 class DeviceLayout:
     """Padded tables of one plan, packed in one byte buffer, and the sizes that are not table shapes.
 
-    spec: (name, dtype, shape) of each table, in packing order (:func:`pack`). packed: the uint8
-    buffer holding them. dims: sizes the device code needs besides the table shapes
-    (``pool_slots``: padded count of context-pool tokens; ``merge_groups``). num_kept: true output
-    size K (real ids sort first among the padded outputs).
+    spec: (name, dtype, shape) of each table, in packing order. packed: the uint8 buffer holding
+    them (each 16-byte aligned, :func:`packed_size` bytes). dims: sizes the device code needs
+    besides the table shapes (``pool_slots``: padded count of context-pool tokens;
+    ``merge_groups``). num_kept: true output size K (real ids sort first among the padded outputs).
     """
 
     spec: Spec
     packed: np.ndarray
     dims: Tuple[Tuple[str, int], ...]
     num_kept: int
-
-    @cached_property
-    def arrays(self) -> Dict[str, np.ndarray]:
-        """name -> read-only view of the table inside ``packed``."""
-        offsets, _ = _offsets(self.spec)
-        views = {}
-        for (name, dtype, shape), offset in zip(self.spec, offsets):
-            nbytes = np.dtype(dtype).itemsize * math.prod(shape)
-            view = self.packed[offset : offset + nbytes].view(dtype).reshape(shape)
-            view.flags.writeable = False
-            views[name] = view
-        return views
 
     @property
     def key(self) -> tuple:
@@ -157,29 +145,37 @@ def merge_groups(sizes: np.ndarray, size_fn: SizeFn, slack: float = 4.0, small: 
     return [np.asarray(sorted(group), dtype=np.int64) for group in groups]
 
 
-def build_layout(
-    plan: BudgetPlan,
-    num_frames: int,
-    num_tokens: int,
-    num_neighbors: int,
-    size_fn: SizeFn = exact_size,
-    merge_slack: float = 4.0,
-    merge_small: int = 1 << 22,
-    coarse_fn: SizeFn | None = None,
-) -> DeviceLayout:
+@dataclass(frozen=True)
+class LayoutPolicy:
+    """How :func:`build_layout` pads and groups a plan's tables.
+
+    size_fn pads table sizes (:func:`exact_size`: no padding; :func:`bucket_size`: shared shapes);
+    coarse_fn (default: ``size_fn``) pads the sizes whose padding costs little (centre counts,
+    unit rows, index lists), so that more layouts share a shape; merge_slack and merge_small
+    group context pools (:func:`merge_groups`): loose grouping (few groups) suits eager launches,
+    tight grouping (little padding) suits CUDA graphs, where the GPU work is what remains.
+    """
+
+    size_fn: SizeFn = exact_size
+    merge_slack: float = 4.0
+    merge_small: int = 1 << 22
+    coarse_fn: Optional[SizeFn] = None
+
+
+EXACT_LAYOUT = LayoutPolicy()
+
+
+def build_layout(plan: BudgetPlan, num_frames: int, num_tokens: int, policy: LayoutPolicy = EXACT_LAYOUT) -> DeviceLayout:
     """Tables of the device phase of ``plan`` for N = ``num_frames`` frames of L = ``num_tokens``.
 
     Token ids: the N real frames then one virtual frame per static segment form the *extended*
     frames; token l of extended frame e has id ``e * L + l``. Its output (and ST-RoPE) row is
     ``id + out_shift[e]`` (virtual frames land on their segment's first frame). The sentinel id
     ``E * L`` (E extended frames after padding) names a zero feature row and sorts last.
-    Context pools are merged in groups formed by :func:`merge_groups` with ``merge_slack`` and
-    ``merge_small``: loose grouping (few groups) suits eager launches, tight grouping (little
-    padding) suits CUDA graphs, where the GPU work is what remains. ``coarse_fn`` (default:
-    ``size_fn``) pads the sizes whose padding costs little (centre counts, unit rows, index lists),
-    so that more layouts share a shape.
+    ``policy`` pads and groups (:class:`LayoutPolicy`).
     """
-    coarse_fn = size_fn if coarse_fn is None else coarse_fn
+    size_fn = policy.size_fn
+    coarse_fn = size_fn if policy.coarse_fn is None else policy.coarse_fn
     L = num_tokens
     tables = _TableWriter()
     dims: List[Tuple[str, int]] = []  # widths and centre counts of the DPC-KNN problem groups
@@ -239,7 +235,7 @@ def build_layout(
             whole_slots = _concatenated_ranges(pool_offset[whole], pool_size[whole])
             tables.padded("whole", whole_slots, coarse_fn(len(whole_slots)), pool_slots - 1)
         merged = np.flatnonzero((pool_budget > 0) & (pool_budget < pool_size))
-        groups = merge_groups(pool_size[merged], size_fn, merge_slack, merge_small)
+        groups = merge_groups(pool_size[merged], size_fn, policy.merge_slack, policy.merge_small)
         for g, group in enumerate(groups):
             pools = merged[group]
             sizes, anchors = pool_size[pools], pool_budget[pools]
@@ -269,18 +265,9 @@ def packed_size(spec: Spec) -> int:
     return _offsets(spec)[1]
 
 
-def pack(arrays: Dict[str, np.ndarray], out: np.ndarray, spec: Spec | None = None) -> None:
-    """Write the tables into ``out`` (uint8, at least :func:`packed_size` bytes); ``spec``: theirs,
-    if already known."""
-    if spec is None:
-        spec = tuple((name, array.dtype.str, tuple(array.shape)) for name, array in arrays.items())
-    offsets, _ = _offsets(spec)
-    for array, offset in zip(arrays.values(), offsets):
-        out[offset : offset + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-
-
 def unpack(buffer: torch.Tensor, spec: Spec) -> Dict[str, torch.Tensor]:
-    """Typed views of the tables inside ``buffer`` (uint8 tensor written by :func:`pack`)."""
+    """Typed views of the tables of ``spec`` inside ``buffer``, a uint8 tensor holding
+    :attr:`DeviceLayout.packed`."""
     offsets, _ = _offsets(spec)
     views = {}
     for (name, dtype, shape), offset in zip(spec, offsets):
@@ -288,34 +275,3 @@ def unpack(buffer: torch.Tensor, spec: Spec) -> Dict[str, torch.Tensor]:
         nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
         views[name] = buffer[offset : offset + nbytes].view(torch_dtype).view(shape)
     return views
-
-
-def problem_tables_on_device(
-    counts: torch.Tensor, width: int, most: int, num_neighbors: int, fused: bool = False
-) -> Tuple[ProblemTables, torch.Tensor | None]:
-    """The :class:`~tango_core.dpc.ProblemTables` of a problem group of a layout, expanded on the
-    device from its counts: (P, 2) ``[points, centres]`` (the salient problems) or (P, 3) with the
-    first pool slot of each problem (context pools), padding rows zero; ``width`` and ``most`` are
-    the group's dims. Also returns the (P, width) pool slots of the problems' points (None with
-    two columns). ``fused``: one Triton launch (:mod:`tango_core.kernels.problems`)."""
-    if fused:
-        from .kernels.problems import problem_tables
-
-        return problem_tables(counts, width, most, num_neighbors)
-    sizes, centres = counts[:, 0:1], counts[:, 1:2]
-    columns = torch.arange(max(width, most), device=counts.device)
-    valid = columns[:width] < sizes
-    centre_valid = columns[:most] < centres
-    used = (sizes.clamp_max(num_neighbors + 1) - 1).clamp_min(1)
-    problems = ProblemTables(
-        valid=valid,
-        invalid=~valid,
-        centre_valid=centre_valid,
-        centre_invalid=~centre_valid,
-        neg_inv_neighbours=torch.div(-1.0, used.float()),
-        keep_all=sizes <= centres.clamp_min(1),
-    )
-    members = None
-    if counts.shape[1] >= 3:
-        members = counts[:, 2:3] + torch.minimum(columns[:width], (sizes - 1).clamp_min(0))
-    return problems, members

@@ -1,43 +1,61 @@
-"""The Tango pre-LLM pipeline (spec section 4): ``tango_prune``.
+"""``tango_prune``: the one public entry of Tango's pre-LLM pruning (spec section 4).
 
-The stages (:mod:`tango_core.stages`) run on the device with one device-to-host transfer after
-the first (similarities, value checks); the host then segments and plans, and every later size is
-fixed by the plan (:mod:`tango_core.layout`). On CUDA the device stages are replayed as CUDA
-graphs by default (:mod:`tango_core.graphs`); elsewhere, or with ``cuda_graphs=False``, they run
-eagerly.
+It validates its inputs, then dispatches: ``backend="reference"`` to the readable oracle
+(:func:`tango_core.reference.reference_prune`); the fast pipeline
+(:func:`tango_core.pipeline.run_pipeline`) to CUDA graphs (:mod:`tango_core.graphs`) for CUDA
+inputs with ``cuda_graphs``, else to the eager executor (:func:`tango_core.pipeline.prune_eagerly`).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from typing import Optional, Sequence, Tuple
 
-from dataclasses import dataclass
-from typing import ContextManager, List, Optional, Sequence, Tuple
-
-import numpy as np
 import torch
 
 from .config import TangoConfig, resolve_rope_sections
-from .layout import DeviceLayout, SizeFn, build_layout, exact_size, unpack
-from .stages import (
-    extended_table,
-    layout_stage,
-    plan_from_statistics,
-    rope_stage,
-    statistics_stage,
-)
+from .graphs import graph_cache
+from .pipeline import frame_times, prune_eagerly, sink_tensor
+from .stages import check_values
+from .types import TangoResult, VideoInputs
 
 
-@dataclass
-class TangoResult:
-    """keep_index: (K,) int64 sorted flat indices into the N*L tokens.
-    kept_features: (K, D) features the LLM receives, in the input dtype.
-    segments: frame count of each temporal segment, in order.
+def tango_prune(
+    features: torch.Tensor,
+    saliency: torch.Tensor,
+    grid: Tuple[int, int],
+    timestamps: Optional[torch.Tensor] = None,
+    config: Optional[TangoConfig] = None,
+    global_features: Optional[torch.Tensor] = None,
+) -> TangoResult:
+    """Prune the visual tokens of one video with Tango.
+
+    features: (N, L, D) projected visual tokens, L = H * W, any float dtype.
+    saliency: (N, L) non-negative attention weights. grid: (H, W) row-major token grid.
+    timestamps: (N,) frame times in seconds (None: 0, 1, 2, ...).
+    global_features: (N, D') per-frame summaries for the ``fastvid`` segmenter (None: token mean).
+    Returns the kept flat indices (sorted), their features and the segment lengths.
+    Inputs are not modified. ``retention_ratio == 1.0`` returns every token unchanged.
     """
+    config = config if config is not None else TangoConfig()
+    grid = _validate(features, saliency, grid, timestamps, global_features, config)
+    inputs = VideoInputs(features, saliency, grid, timestamps, global_features)
+    execution = config.execution
+    if execution.backend == "reference":
+        return _prune_with_reference(inputs, config)
+    if features.is_cuda and execution.cuda_graphs:
+        return graph_cache().prune(inputs, config)
+    return prune_eagerly(inputs, config)
 
-    keep_index: torch.Tensor
-    kept_features: torch.Tensor
-    segments: List[int]
+
+def _prune_with_reference(inputs: VideoInputs, config: TangoConfig) -> TangoResult:
+    """:func:`tango_core.reference.reference_prune`, after the value checks the fast pipeline makes."""
+    from .reference import reference_prune
+
+    device = inputs.features.device
+    times = frame_times(inputs.timestamps, inputs.features.shape[0], device)
+    check_values(inputs.features, inputs.saliency, times, sink_tensor(config, device))
+    result = reference_prune(inputs.features, inputs.saliency, inputs.grid, inputs.timestamps, config, inputs.global_features)
+    return TangoResult(result.keep_index, result.kept_features, list(result.segments))
 
 
 def _validate(
@@ -95,132 +113,3 @@ def _validate(
         )
     resolve_rope_sections(features.shape[-1], config.rope_sections)
     return height, width
-
-
-def tango_prune(
-    features: torch.Tensor,
-    saliency: torch.Tensor,
-    grid: Tuple[int, int],
-    timestamps: Optional[torch.Tensor] = None,
-    config: Optional[TangoConfig] = None,
-    global_features: Optional[torch.Tensor] = None,
-) -> TangoResult:
-    """Prune the visual tokens of one video with Tango.
-
-    features: (N, L, D) projected visual tokens, L = H * W, any float dtype.
-    saliency: (N, L) non-negative attention weights. grid: (H, W) row-major token grid.
-    timestamps: (N,) frame times in seconds (None: 0, 1, 2, ...).
-    global_features: (N, D') per-frame summaries for the ``fastvid`` segmenter (None: token mean).
-    Returns the kept flat indices (sorted), their features and the segment lengths.
-    Inputs are not modified. ``retention_ratio == 1.0`` returns every token unchanged.
-    """
-    config = config if config is not None else TangoConfig()
-    grid = _validate(features, saliency, grid, timestamps, global_features, config)
-    if features.is_cuda and config.cuda_graphs:
-        from .graphs import default_graphs
-
-        return default_graphs().prune(features, saliency, grid, timestamps, config, global_features)
-    # Inference mode skips autograd's per-operation bookkeeping: the pipeline is launch-bound, so
-    # this is a large share of its host time. Outputs are cloned out of it as ordinary tensors.
-    with torch.inference_mode(), on_device_of(features):
-        result = _prune_eager(features, saliency, grid, timestamps, config, global_features)
-    if torch.is_inference_mode_enabled():
-        return result
-    return TangoResult(result.keep_index.clone(), result.kept_features.clone(), result.segments)
-
-
-def on_device_of(tensor: torch.Tensor) -> ContextManager:
-    """Make ``tensor``'s CUDA device the current one (Triton kernels and CUDA graphs run on the
-    current device); nothing to do for CPU tensors or when it already is."""
-    if tensor.is_cuda and tensor.device.index != torch.cuda.current_device():
-        return torch.cuda.device(tensor.device)
-    return nullcontext()
-
-
-def frame_times(timestamps: Optional[torch.Tensor], num_frames: int, device: torch.device) -> torch.Tensor:
-    """(N,) float32 frame times: ``timestamps``, or the frame index."""
-    if timestamps is None:
-        return torch.arange(num_frames, device=device, dtype=torch.float32)
-    return timestamps.to(dtype=torch.float32)
-
-
-def sink_tensor(config: TangoConfig, device: torch.device) -> Optional[torch.Tensor]:
-    """The sink positions as a device tensor, or None."""
-    if not config.sink_positions:
-        return None
-    return torch.tensor(config.sink_positions, dtype=torch.int64).to(device)
-
-
-class HostCopy:
-    """A device tensor's copy on the host, started without waiting for queued work."""
-
-    def __init__(
-        self, tensor: torch.Tensor, pinned: Optional[torch.Tensor] = None, event: Optional["torch.cuda.Event"] = None
-    ) -> None:
-        """pinned / event: a reusable pinned host buffer of ``tensor``'s shape and CUDA event."""
-        self._event = None
-        if not tensor.is_cuda:
-            self._host = tensor
-            return
-        self._host = pinned if pinned is not None else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        self._host.copy_(tensor, non_blocking=True)
-        self._event = event if event is not None else torch.cuda.Event()
-        self._event.record()
-
-    def wait(self) -> np.ndarray:
-        if self._event is not None:
-            self._event.synchronize()
-        return self._host.numpy()
-
-
-def upload_layout(layout: DeviceLayout, device: torch.device) -> torch.Tensor:
-    """The layout's packed tables as one uint8 tensor on ``device``, copied without waiting for queued work."""
-    if device.type != "cuda":
-        return torch.from_numpy(layout.packed).to(device)
-    staging = torch.empty(layout.packed.shape, dtype=torch.uint8, pin_memory=True)
-    staging.numpy()[:] = layout.packed
-    return staging.to(device, non_blocking=True)
-
-
-def identity_result(features: torch.Tensor, segments: List[int]) -> TangoResult:
-    """Every token, unchanged (``retention_ratio == 1.0``)."""
-    num_frames, num_tokens, dim = features.shape
-    keep = torch.arange(num_frames * num_tokens, device=features.device)
-    return TangoResult(keep_index=keep, kept_features=features.reshape(-1, dim), segments=segments)
-
-
-def _prune_eager(
-    features: torch.Tensor,
-    saliency: torch.Tensor,
-    grid: Tuple[int, int],
-    timestamps: Optional[torch.Tensor],
-    config: TangoConfig,
-    global_features: Optional[torch.Tensor],
-    size_fn: SizeFn = exact_size,
-    layout_options: tuple = (),
-) -> TangoResult:
-    """:func:`tango_prune` after validation, running every stage eagerly.
-
-    ``size_fn`` pads the layout (default: no padding; the graph path pads with ``bucket_size``);
-    ``layout_options``: further arguments of :func:`~tango_core.layout.build_layout`
-    (merge_slack, merge_small, coarse_fn; default: its defaults).
-    """
-    num_frames, num_tokens, dim = features.shape
-    device = features.device
-    times = frame_times(timestamps, num_frames, device)
-    extended = extended_table(num_frames, num_tokens, dim, device)
-    statistics, norms, saliency32, times32 = statistics_stage(
-        features, extended, saliency, times, global_features, sink_tensor(config, device), config
-    )
-    copy = HostCopy(statistics)
-    pruning = config.retention_ratio < 1.0
-    if pruning:  # queued while the statistics travel and the host plans
-        rope = rope_stage(extended, norms, times32, grid, resolve_rope_sections(dim, config.rope_sections), config)
-    segments, plan = plan_from_statistics(copy.wait(), num_frames, num_tokens, config)
-    if plan is None:
-        return identity_result(features, segments)
-    layout = build_layout(plan, num_frames, num_tokens, config.num_neighbors, size_fn, *layout_options)
-    tables = unpack(upload_layout(layout, device), layout.spec)
-    keep, kept = layout_stage(tables, dict(layout.dims), extended, saliency32, rope, config)
-    count = layout.num_kept
-    return TangoResult(keep_index=keep[:count], kept_features=kept[:count].to(features.dtype), segments=segments)

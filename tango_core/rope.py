@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .config import resolve_rope_sections
-
-
-def grid_positions(grid: Tuple[int, int], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Row and column of each of the H*W tokens of a row-major grid: two (L,) float tensors."""
-    height, width = grid
-    flat = torch.arange(height * width, device=device)
-    return (flat // width).float(), (flat % width).float()
+from .rope_tables import space_half_tables, space_tables, time_half_frequencies, time_tables
 
 
 def st_rope(
@@ -56,9 +49,9 @@ def rotate_unit_features(
     device = unit.device
     if timestamps is None:
         timestamps = torch.arange(num_frames, device=device, dtype=torch.float32)
-    freq_time, sign = _time_tables(sections, base_time, device)
+    freq_time, sign = time_tables(sections, base_time, device)
     angles = timestamps.to(device=device, dtype=torch.float32).view(num_frames, 1) * freq_time
-    cos_space, signed_sin_space = _space_tables(tuple(grid), sections, base_space, device)  # (L, D)
+    cos_space, signed_sin_space = space_tables(tuple(grid), sections, base_space, device)  # (L, D)
     return torch.addcmul(
         unit * (angles.cos().unsqueeze(1) * cos_space),
         swap_group_halves(unit, sections),
@@ -91,36 +84,16 @@ def rotate_unit_features_scaled(
         half = size // 2
         if half:
             if group == 0:
-                angles = time_angles * _time_half_frequencies(sections, base_time, device)  # (N, 1, half)
+                angles = time_angles * time_half_frequencies(sections, base_time, device)  # (N, 1, half)
                 cos, sin = angles.cos() * scale, angles.sin() * scale
             else:
-                cos, sin = _space_half_tables(tuple(grid), sections, base_space, group, scale, device)
+                cos, sin = space_half_tables(tuple(grid), sections, base_space, group, scale, device)
             first, second = unit[..., start : start + half], unit[..., start + half : start + size]
             out_first, out_second = out[..., start : start + half], out[..., start + half : start + size]
             torch.mul(first, cos, out=out_first).addcmul_(second, sin, value=-1.0)
             torch.mul(second, cos, out=out_second).addcmul_(first, sin)
         start += size
     return out
-
-
-# The next two caches are unbounded on purpose: CUDA graphs of the pipeline read these tensors at
-# fixed addresses, so they must never be evicted. There is one entry per grid and rope setting.
-@lru_cache(maxsize=None)
-def _time_half_frequencies(sections: Tuple[int, int, int], base_time: float, device: torch.device) -> torch.Tensor:
-    """(D_t / 2,) rotary frequencies of the time group."""
-    return _group_frequencies(sections, base_time, 0)[: sections[0] // 2].to(device)
-
-
-@lru_cache(maxsize=None)
-def _space_half_tables(
-    grid: Tuple[int, int], sections: Tuple[int, int, int], base_space: float, group: int, scale: float, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``scale`` times cos and sin (1, L, D_g / 2) of the row (group 1) or column (group 2) angles."""
-    rows, cols = grid_positions(grid, torch.device("cpu"))
-    start = sum(sections[:group])
-    frequencies = _group_frequencies(sections, base_space, group)[start : start + sections[group] // 2]
-    angles = (rows if group == 1 else cols).view(-1, 1) * frequencies
-    return (angles.cos() * scale).unsqueeze(0).to(device), (angles.sin() * scale).unsqueeze(0).to(device)
 
 
 def swap_group_halves(x: torch.Tensor, sections: Tuple[int, int, int]) -> torch.Tensor:
@@ -134,42 +107,9 @@ def swap_group_halves(x: torch.Tensor, sections: Tuple[int, int, int]) -> torch.
     return torch.cat(pieces, dim=-1)
 
 
-def _group_frequencies(sections: Tuple[int, int, int], base: float, group: int) -> torch.Tensor:
-    """(D,) rotary frequencies of channel group ``group`` (zero on the other groups' channels)."""
-    table = torch.zeros(sum(sections))
-    start = sum(sections[:group])
-    size = sections[group]
-    if size:
-        inv_freq = 1.0 / (base ** (torch.arange(0, size, 2, dtype=torch.int64).float() / size))
-        table[start : start + size] = torch.cat((inv_freq, inv_freq))
-    return table
-
-
-@lru_cache(maxsize=32)
-def _time_tables(
-    sections: Tuple[int, int, int], base_time: float, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Time frequencies (D,) and the rotate-half sign (D,): -1 on each group's first half.
-
-    Cached per (sections, base, device): the tables are constants, never written to.
-    """
-    sign = torch.ones(sum(sections))
-    start = 0
-    for size in sections:
-        sign[start : start + size // 2] = -1.0
-        start += size
-    return _group_frequencies(sections, base_time, 0).to(device), sign.to(device)
-
-
-@lru_cache(maxsize=32)
-def _space_tables(
-    grid: Tuple[int, int], sections: Tuple[int, int, int], base_space: float, device: torch.device
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin (L, D) of the row and column rotations of every grid position (cached)."""
-    rows, cols = grid_positions(grid, torch.device("cpu"))
-    row_angles = rows.view(-1, 1) * _group_frequencies(sections, base_space, 1)
-    col_angles = cols.view(-1, 1) * _group_frequencies(sections, base_space, 2)
-    _, sign = _time_tables(sections, 1.0, torch.device("cpu"))
-    cos = row_angles.cos() * col_angles.cos()
-    signed_sin = (row_angles.sin() + col_angles.sin()) * sign
-    return cos.to(device), signed_sin.to(device)
+def unit_features(extended: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """(N, L, D) float32 unit features from the first N * L rows of the (R, D) float32 table
+    ``extended`` and their (N, L) norms (clamped at 1e-12, as F.normalize does)."""
+    num_frames, num_tokens = norms.shape
+    features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, extended.shape[-1])
+    return features32 / norms.clamp_min(1e-12).unsqueeze(-1)

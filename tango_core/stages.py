@@ -1,6 +1,8 @@
 """The stages of the Tango pre-LLM pipeline (spec section 4), as functions of tensors.
 
-Device stages have shapes fixed by their inputs alone, so they can be captured as CUDA graphs:
+The sequence that runs them is :func:`tango_core.pipeline.run_pipeline`. Device stages take the
+operations of one backend (:class:`~tango_core.ops.Ops`) and have shapes fixed by their inputs
+alone, so they can be captured as CUDA graphs:
 
 1. :func:`statistics_stage`: the features in float32 (into an :func:`extended_table`), their
    norms, saliency with sinks zeroed, the consecutive-frame comparisons that segmentation needs,
@@ -10,40 +12,37 @@ Device stages have shapes fixed by their inputs alone, so they can be captured a
    tables of a :class:`~tango_core.layout.DeviceLayout`.
 
 Between 1 and 3 the host reads the statistics once (the pipeline's only synchronisation) and
-plans: :func:`segments_from_statistics`, :func:`plan_from_segments`.
+plans: :func:`plan_from_statistics`.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.profiler import record_function
 
 from .budget import BudgetPlan, build_plan
+from .clustering import merge_into_anchors, select_diverse_salient
 from .config import TangoConfig
-from .dpc import (
-    SPLIT_SCALE,
-    Points,
-    SplitPoints,
-    merge_into_anchors,
-    select_diverse_salient,
-    split_scaled_points,
-)
-from .kernels import HAVE_TRITON, MAX_STATISTICS_DIM
-from .layout import bucket_size, problem_tables_on_device
-from .rope import rotate_unit_features, rotate_unit_features_scaled
-from .segmentation import (
-    consecutive_frame_similarity,
-    consecutive_token_similarity,
-    fastvid_segments,
-    holitom_segments_from_counts,
-    run_length_counts,
-    run_lengths_on_device,
-)
+from .layout import bucket_size
+from .ops import Ops
+from .segmentation import consecutive_frame_similarity, fastvid_segments, holitom_segments_from_counts
+from .types import Points, SplitPoints
 
 NUM_VALUE_CHECKS = 4
+
+
+class Statistics(NamedTuple):
+    """Outputs of :func:`statistics_stage`. values: float32 vector for the host
+    (:func:`plan_from_statistics` reads its copy); norms (N, L) float32 norms of the features;
+    saliency (N, L) float32 with sinks zeroed; times (N,) float32."""
+
+    values: torch.Tensor
+    norms: torch.Tensor
+    saliency: torch.Tensor
+    times: torch.Tensor
 
 
 def extended_rows(num_frames: int, num_tokens: int) -> int:
@@ -58,9 +57,27 @@ def extended_table(num_frames: int, num_tokens: int, dim: int, device: torch.dev
     return torch.empty(extended_rows(num_frames, num_tokens), dim, dtype=torch.float32, device=device)
 
 
-def fused_kernels_for(tensor: torch.Tensor, config: TangoConfig) -> bool:
-    """Whether the device stages of ``tensor`` run the fused Triton kernels (:mod:`tango_core.kernels`)."""
-    return tensor.is_cuda and config.fused_kernels and HAVE_TRITON
+def prepared_signals(
+    saliency: torch.Tensor, times: torch.Tensor, sinks: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) float32 saliency with the sink positions ``sinks`` (S,) zeroed, and (N,) float32 times."""
+    saliency32 = saliency.float()
+    if sinks is not None:
+        saliency32 = saliency32.index_fill(1, sinks, 0.0)
+    return saliency32, times.float()
+
+
+def value_summary(norms: torch.Tensor, saliency32: torch.Tensor, times32: torch.Tensor) -> torch.Tensor:
+    """(NUM_VALUE_CHECKS,) float32 sums that :func:`raise_on_bad_values` reads."""
+    # NaN and inf in an input make its sum (for the features: of the norms) non-finite.
+    return torch.stack((norms.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))
+
+
+def check_values(features: torch.Tensor, saliency: torch.Tensor, times: torch.Tensor, sinks: Optional[torch.Tensor]) -> None:
+    """The statistics stage's value checks on their own (for a backend without that stage)."""
+    saliency32, times32 = prepared_signals(saliency, times, sinks)
+    norms = torch.linalg.vector_norm(features.float(), dim=-1)
+    raise_on_bad_values(value_summary(norms, saliency32, times32).cpu().numpy())
 
 
 def statistics_stage(
@@ -71,44 +88,22 @@ def statistics_stage(
     global_features: Optional[torch.Tensor],
     sinks: Optional[torch.Tensor],
     config: TangoConfig,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ops: Ops,
+) -> Statistics:
     """features (N, L, D), any float dtype; extended: an :func:`extended_table` (its first N * L
     rows receive the features in float32); saliency (N, L); times (N,); global_features (N, D')
     or None; sinks (S,) int64 positions or None.
-
-    Returns ``(statistics, norms, saliency32, times32)``: a float32 vector for the host
-    (:func:`segments_from_statistics` reads it), the (N, L) float32 norms of the features,
-    saliency (N, L) float32 with sinks zeroed, times (N,) float32.
     """
     num_frames, num_tokens = saliency.shape
     features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, -1)
-    fused = fused_kernels_for(extended, config)
-    if fused and features32.shape[-1] <= MAX_STATISTICS_DIM:
-        from .kernels.rope import token_statistics
-
-        norms, token_similarity = token_statistics(features, extended)
-    else:
-        features32.copy_(features)
-        norms = torch.linalg.vector_norm(features32, dim=-1)  # as F.normalize computes them
-        token_similarity = consecutive_token_similarity(features32 / norms.clamp_min(1e-12).unsqueeze(-1))
-    saliency32 = saliency.float()
-    if sinks is not None:
-        saliency32 = saliency32.index_fill(1, sinks, 0.0)
-    times32 = times.float()
-    # NaN and inf in an input make its sum (for the features: of the norms) non-finite.
-    packed = [torch.stack((norms.sum(), saliency32.sum(), saliency32.amin(), times32.sum()))]
+    norms, token_similarity = ops.token_statistics(features, extended)
+    saliency32, times32 = prepared_signals(saliency, times, sinks)
+    packed = [value_summary(norms, saliency32, times32)]
     if num_frames > 1:
         threshold = config.resolved_similarity_threshold()
         holitom = config.segmenter == "holitom"
-        if fused:
-            from .kernels.segmentation import run_statistics
-
-            static_runs, at_least = run_statistics(token_similarity, config.static_threshold, threshold if holitom else None)
-            packed.append(static_runs.flatten())
-        else:
-            packed.append(run_lengths_on_device(token_similarity > config.static_threshold).flatten())
-            if holitom:
-                at_least = run_length_counts(run_lengths_on_device(token_similarity > threshold))
+        static_runs, at_least = ops.run_statistics(token_similarity, config.static_threshold, threshold if holitom else None)
+        packed.append(static_runs.flatten())
         if holitom:
             packed.append(at_least.flatten())
         else:
@@ -116,7 +111,7 @@ def statistics_stage(
             frame_similarity = consecutive_frame_similarity(summary)
             packed += [frame_similarity, frame_similarity < threshold]
     # Counts and run lengths (<= N * L) are exact in float32; bool parts become 0 / 1.
-    return torch.cat(packed).float(), norms, saliency32, times32
+    return Statistics(torch.cat(packed).float(), norms, saliency32, times32)
 
 
 def raise_on_bad_values(statistics: np.ndarray) -> None:
@@ -192,31 +187,18 @@ def plan_from_statistics(
 
 def rope_stage(
     extended: torch.Tensor,
-    norms: torch.Tensor,
-    times: torch.Tensor,
+    statistics: Statistics,
     grid: Tuple[int, int],
     sections: Tuple[int, int, int],
     config: TangoConfig,
+    ops: Ops,
 ) -> Points:
-    """ST-RoPE of the unit features, as a (N * L, D) table of points.
+    """ST-RoPE of the unit features, as a (N * L, D) table of points (float32, or
+    :class:`~tango_core.types.SplitPoints` for tensor-core distances, as ``ops`` chooses).
 
-    extended: the :func:`extended_table` after the statistics; norms (N, L) and times (N,) float32 from
-    :func:`statistics_stage`. On CUDA the table is split once per token for tensor-core distances
-    (:class:`SplitPoints`); elsewhere it is the float32 features.
+    extended: the :func:`extended_table` after :func:`statistics_stage`, and its ``statistics``.
     """
-    num_frames, num_tokens = norms.shape
-    dim = extended.shape[-1]
-    if fused_kernels_for(extended, config):
-        from .kernels.rope import rope_split
-
-        return rope_split(extended, norms, times, grid, sections, config.base_time, config.base_space)
-    features32 = extended[: num_frames * num_tokens].view(num_frames, num_tokens, dim)
-    unit = features32 / norms.clamp_min(1e-12).unsqueeze(-1)
-    if unit.is_cuda:
-        scaled = rotate_unit_features_scaled(unit, grid, times, sections, config.base_time, config.base_space, SPLIT_SCALE)
-        return split_scaled_points(scaled.view(-1, dim))
-    rope = rotate_unit_features(unit, grid, times, sections, config.base_time, config.base_space)
-    return rope.view(-1, dim)
+    return ops.rope_points(extended, statistics.norms, statistics.times, grid, sections, config.base_time, config.base_space)
 
 
 def _gather_points(table: Points, rows: torch.Tensor, shape: Tuple[int, int]) -> Points:
@@ -233,6 +215,7 @@ def layout_stage(
     saliency: torch.Tensor,
     rope: Points,
     config: TangoConfig,
+    ops: Ops,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Salient selection and context merging of one plan (spec 4.4-4.6).
 
@@ -253,7 +236,7 @@ def layout_stage(
     selected = torch.zeros(unit_positions.shape[0], num_tokens + 1, dtype=torch.bool, device=extended.device)
     if "salient.indices" in tables:
         with record_function("tango.salient"):
-            salient_ids = _select_salient(tables, dims, ext_saliency, rope, selected, sentinel, config)
+            salient_ids = _select_salient(tables, dims, ext_saliency, rope, selected, sentinel, config, ops)
             out_ids.append(salient_ids)
             out_features.append(extended.index_select(0, salient_ids))
     if dims["pool_slots"]:
@@ -266,19 +249,13 @@ def layout_stage(
                 out_ids.append(pool_ids.index_select(0, tables["whole"]))
                 out_features.append(extended.index_select(0, out_ids[-1]))
             for group in range(dims["merge_groups"]):
-                ids, merged = _merge_pools(tables, dims, f"merge{group}", pool_ids, extended, rope, sentinel, config)
+                ids, merged = _merge_pools(tables, dims, f"merge{group}", pool_ids, extended, rope, sentinel, config, ops)
                 out_ids.append(ids)
                 out_features.append(merged)
     with record_function("tango.assemble"):
         ext_ids = torch.cat(out_ids)
         out_ids_flat = ext_ids + out_shift.index_select(0, ext_ids // num_tokens)
-        if fused_kernels_for(extended, config):  # one short row: ranking beats a one-block sort
-            from .kernels.ranking import top_ranked
-
-            order = top_ranked(out_ids_flat.view(1, -1), out_ids_flat.shape[0], descending=False).view(-1)
-            keep = out_ids_flat.index_select(0, order)
-        else:
-            keep, order = torch.sort(out_ids_flat)
+        keep, order = ops.sort_ids(out_ids_flat)
         return keep, torch.cat(out_features).index_select(0, order)
 
 
@@ -302,27 +279,19 @@ def _select_salient(
     selected: torch.Tensor,
     sentinel: int,
     config: TangoConfig,
+    ops: Ops,
 ) -> torch.Tensor:
     """Diverse salient picks of every unit with k' > 0 (spec 4.4), marked in ``selected``
     (U + 1, L + 1). Returns (S * A,) extended token ids, the sentinel in unused slots."""
     num_tokens = ext_saliency.shape[1]
-    fused = fused_kernels_for(ext_saliency, config)
     indices = tables["salient.indices"]  # (S, 6): unit, frame, first token id, first ST-RoPE row, counts
-    problems, _ = problem_tables_on_device(
-        indices[:, 4:6], dims["salient.width"], dims["salient.most"], config.num_neighbors, fused
-    )
+    problems, _ = ops.problem_tables(indices[:, 4:6], dims["salient.width"], dims["salient.most"], config.num_neighbors)
     ranked_saliency = ext_saliency.index_select(0, indices[:, 1])
     excluded = tables["unit_positions"].index_select(0, indices[:, 0]).logical_not_()  # padding: spare unit
     ranked_saliency.masked_fill_(excluded, float("-inf"))
-    width = problems.valid.shape[1]
-    if fused:  # candidates, most salient first (ties: lower position)
-        from .kernels.ranking import top_ranked
-
-        ranked = top_ranked(ranked_saliency, width)
-    else:
-        ranked = torch.sort(ranked_saliency, dim=-1, descending=True, stable=True).indices[:, :width]
+    ranked = ops.top_ranked(ranked_saliency, problems.valid.shape[1])  # candidates, most salient first
     candidates = _gather_points(rope, (ranked + indices[:, 3:4]).view(-1), ranked.shape)
-    positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors, fused))  # (S, A)
+    positions = ranked.gather(1, select_diverse_salient(candidates, problems, config.num_neighbors, ops))  # (S, A)
     chosen = positions.masked_fill(problems.centre_invalid, num_tokens)  # invalid: spare column
     picked = selected.new_zeros(chosen.shape[0], num_tokens + 1).scatter_(1, chosen, True)
     selected.index_copy_(0, indices[:, 0], picked)
@@ -339,13 +308,13 @@ def _merge_pools(
     rope: Points,
     sentinel: int,
     config: TangoConfig,
+    ops: Ops,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Anchor merging (spec 4.5) of one padded group of pools. Returns (P * A,) extended token
     ids (the sentinel in unused slots) and their (P * A, D) merged float32 features."""
     num_tokens = tables["unit_positions"].shape[1]
-    fused = fused_kernels_for(extended, config)
-    problems, member_slots = problem_tables_on_device(
-        tables[f"{prefix}.counts"], dims[f"{prefix}.width"], dims[f"{prefix}.most"], config.num_neighbors, fused
+    problems, member_slots = ops.problem_tables(
+        tables[f"{prefix}.counts"], dims[f"{prefix}.width"], dims[f"{prefix}.most"], config.num_neighbors
     )
     flat_members = pool_ids.index_select(0, member_slots.view(-1))  # extended token ids
     out_shift = tables["out_shift"]
@@ -353,12 +322,12 @@ def _merge_pools(
     slots, merged = merge_into_anchors(
         _gather_points(rope, rope_rows, member_slots.shape),
         extended,
+        flat_members.view(member_slots.shape),
         problems,
         config.num_neighbors,
         config.beta,
         config.own_anchor_merge,
-        fused,
-        member_rows=flat_members.view(member_slots.shape),
+        ops,
     )
     anchor_ids = flat_members.view(member_slots.shape).gather(1, slots)
     return anchor_ids.masked_fill_(problems.centre_invalid, sentinel).view(-1), merged.view(-1, extended.shape[-1])

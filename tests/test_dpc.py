@@ -3,8 +3,11 @@
 import math
 
 import torch
+from host_references import problem_tables
 
-from tango_core.dpc import dpc_knn_centres, merge_into_anchors, pairwise_distances, problem_tables, select_diverse_salient
+from tango_core.clustering import merge_into_anchors, select_diverse_salient
+from tango_core.dpc import dpc_knn_centres, pairwise_distances
+from tango_core.ops import PYTORCH
 
 
 def _single(points, centres, k=7):
@@ -61,13 +64,13 @@ def test_salient_keeps_best_member_of_each_cluster():
     # Candidates in descending saliency: two near-duplicates, then a far point.
     points = torch.tensor([[0.0, 0.0], [0.05, 0.0], [3.0, 3.0], [3.1, 3.0]])
     batch, tables = _single(points, 2)
-    picks = select_diverse_salient(batch, tables, num_neighbors=7)[0]
+    picks = select_diverse_salient(batch, tables, num_neighbors=7, ops=PYTORCH)[0]
     assert sorted(picks.tolist()) == [0, 2]
 
 
 def test_salient_keeps_all_when_targets_cover_candidates():
     batch, tables = _single(torch.randn(3, 2), 3)
-    picks = select_diverse_salient(batch, tables, num_neighbors=7)[0]
+    picks = select_diverse_salient(batch, tables, num_neighbors=7, ops=PYTORCH)[0]
     assert picks.tolist() == [0, 1, 2]
 
 
@@ -93,10 +96,11 @@ def test_anchor_merge_weights_and_pairing():
         expected.append(weight * features[0, anchor] + (1 - weight) * mean)
     expected = torch.stack(expected)
 
-    slots, merged = merge_into_anchors(points, features, tables, 3, beta, own_anchor_merge=True)
+    rows = (features.view(7, 3), torch.arange(7).view(1, 7))  # the features as a table and its rows
+    slots, merged = merge_into_anchors(points, *rows, tables, 3, beta, own_anchor_merge=True, ops=PYTORCH)
     assert slots[0].tolist() == anchors
     torch.testing.assert_close(merged[0], expected)
     # Reference pairing: the i-th merged feature (pool order) lands on the i-th anchor by score.
-    slots, merged = merge_into_anchors(points, features, tables, 3, beta, own_anchor_merge=False)
+    slots, merged = merge_into_anchors(points, *rows, tables, 3, beta, own_anchor_merge=False, ops=PYTORCH)
     assert slots[0].tolist() == by_score
     torch.testing.assert_close(merged[0], expected)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tango_core import TangoConfig, tango_prune
+from tango_core import ExecutionOptions, TangoConfig, tango_prune
 
 F = torch.randn(2, 4, 6)
 S = torch.rand(2, 4)
@@ -67,3 +67,22 @@ def test_sink_and_section_errors():
         tango_prune(torch.randn(2, 4, 7), S, (2, 2))
     with pytest.raises(ValueError, match="global_features"):
         tango_prune(F, S, (2, 2), config=TangoConfig(segmenter="fastvid"), global_features=torch.randn(3, 5))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(backend="slow"), "backend"),
+        (dict(graph_cache_videos=0), "graph_cache_videos"),
+        (dict(graph_cache_layouts=-1), "graph_cache_layouts"),
+        (dict(graph_capture_after=1.5), "graph_capture_after"),
+    ],
+)
+def test_execution_option_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ExecutionOptions(**kwargs)
+
+
+def test_execution_must_be_execution_options():
+    with pytest.raises(ValueError, match="execution"):
+        TangoConfig(execution={"cuda_graphs": False})

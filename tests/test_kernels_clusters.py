@@ -9,13 +9,12 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
-from tango_core.dpc import (  # noqa: E402
-    ProblemTables,
-    assign_to_nearest,
-    dpc_knn_centres,
-    problem_tables,
-)
+from host_references import problem_tables  # noqa: E402
+
+from tango_core import dpc  # noqa: E402
+from tango_core.dpc import assign_to_nearest, dpc_knn_centres  # noqa: E402
 from tango_core.kernels import clusters as kernels  # noqa: E402
+from tango_core.types import ProblemTables  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 K = 7
@@ -82,7 +81,7 @@ def _check_assignment(distances: torch.Tensor, centres: torch.Tensor, tables: Pr
 
 
 def _reference_best_members(assignment: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
-    """select_diverse_salient's best member of each slot."""
+    """The best member of each slot, as tango_core.dpc.best_members computes it."""
     slots = torch.arange(tables.centre_valid.shape[1])
     membership = (assignment.unsqueeze(-1) == slots) & tables.valid.unsqueeze(-1)
     return membership.to(torch.uint8).argmax(dim=1)
@@ -91,7 +90,7 @@ def _reference_best_members(assignment: torch.Tensor, tables: ProblemTables) -> 
 def _reference_merge(
     features: torch.Tensor, assignment: torch.Tensor, anchors: torch.Tensor, tables: ProblemTables, beta: float
 ) -> torch.Tensor:
-    """merge_into_anchors' tail on gathered (P, M, D) features."""
+    """tango_core.dpc.merge_clusters on gathered (P, M, D) features."""
     slots = torch.arange(anchors.shape[1]).view(1, -1, 1)
     members = ((assignment.unsqueeze(1) == slots) & tables.valid.unsqueeze(1)).to(features.dtype)
     counts = members.sum(-1, keepdim=True)
@@ -102,7 +101,7 @@ def _reference_merge(
 
 
 def _anchors_by_position(centres: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
-    """merge_into_anchors' ``by_position``."""
+    """tango_core.clustering.merge_into_anchors' ``by_position``."""
     width = tables.valid.shape[1]
     return torch.sort(centres.masked_fill(tables.centre_invalid, width), dim=-1).values.clamp_(max=width - 1)
 
@@ -113,7 +112,7 @@ def _scattered_rows(num_problems: int, width: int, spare: int, gen: torch.Genera
 
 
 def _check_merge(distances, centres, tables, dim: int, beta: float, seed: int) -> torch.Tensor:
-    """merge_clusters vs merge_into_anchors' tail on valid slots, zeros on the others. Returns the
+    """merge_clusters vs the PyTorch form on valid slots, zeros on the others. Returns the
     kernel's merged features."""
     gen = torch.Generator().manual_seed(seed)
     num_problems, width = tables.valid.shape
@@ -128,6 +127,8 @@ def _check_merge(distances, centres, tables, dim: int, beta: float, seed: int) -
 
     gathered = features[member_rows]  # (P, M, D)
     expected = _reference_merge(gathered, assignment, anchors, tables, beta)
+    library = dpc.merge_clusters(distances, anchors, features, member_rows, tables, beta)
+    assert torch.equal(library[tables.centre_valid], expected[tables.centre_valid])
     assert merged.dtype == torch.float32 and merged.shape == (num_problems, anchors.shape[1], dim)
     valid = tables.centre_valid
     scale = gathered.abs().amax()
@@ -152,6 +153,7 @@ def test_nearest_centres_and_best_members_on_random_problems(dim):
     members = best_members(assignment, found.shape[1])
     assert members.dtype == torch.int64 and members.shape == found.shape
     assert torch.equal(members, _reference_best_members(expected, tables))
+    assert torch.equal(members, dpc.best_members(distances, found, tables))
 
 
 def test_many_centres_span_several_tiles():

@@ -10,17 +10,11 @@ pytest.importorskip("triton")
 import numpy as np
 import torch
 
-from tango_core.dpc import (
-    NEG_INF,
-    POS_INF,
-    SPLIT_SCALE,
-    ProblemTables,
-    dpc_knn_centres,
-    problem_arrays,
-    problem_tables,
-    split_points,
-)
+from host_references import problem_arrays, problem_tables
+
+from tango_core.dpc import NEG_INF, POS_INF, dpc_knn_centres, split_points
 from tango_core.kernels import dpc as kernels
+from tango_core.types import SPLIT_SCALE, ProblemTables
 
 MAX_WIDTH = kernels.MAX_WIDTH
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +65,7 @@ def _reference_distances(gram: torch.Tensor, cross: torch.Tensor, squared_norms:
 
 
 def _reference_density(distances: torch.Tensor, tables: ProblemTables, k: int) -> torch.Tensor:
-    """dpc_knn_centres' densities."""
+    """density_peak_scores' densities."""
     masked = distances.masked_fill(tables.invalid.unsqueeze(1), POS_INF)
     nearest = masked.topk(min(k + 1, distances.shape[-1]), dim=-1, largest=False).values[..., 1:]
     squared = (nearest * nearest).nan_to_num_(posinf=0.0)
@@ -79,7 +73,7 @@ def _reference_density(distances: torch.Tensor, tables: ProblemTables, k: int) -
 
 
 def _reference_scores(distances: torch.Tensor, density: torch.Tensor, tables: ProblemTables) -> torch.Tensor:
-    """dpc_knn_centres' scores from its densities."""
+    """density_peak_scores' scores from its densities."""
     pair_valid = tables.valid.unsqueeze(-1) & tables.valid.unsqueeze(1)
     largest = (distances * pair_valid).amax(dim=(1, 2)).view(-1, 1, 1)
     denser = density.unsqueeze(1) > density.unsqueeze(2)

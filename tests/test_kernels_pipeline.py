@@ -7,7 +7,6 @@ stages and the kernels.
 """
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ pytest.importorskip("triton")
 import numpy as np
 import torch
 
-from tango_core import TangoConfig, stages, tango_prune
+from tango_core import ExecutionOptions, TangoConfig, ops, tango_prune
 
 DATA = Path(__file__).parent / "data" / "fidelity"
 CASES = {case["idx"]: case for case in json.loads((DATA / "cases.json").read_text())}
@@ -27,7 +26,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 @pytest.fixture
 def kernels_everywhere(monkeypatch):
     """Run the fused kernels whatever the device (on the CPU: in Triton's interpreter)."""
-    monkeypatch.setattr(stages, "fused_kernels_for", lambda tensor, config: config.fused_kernels)
+    monkeypatch.setattr(ops, "kernels_run_on", lambda device: True)
 
 
 @pytest.mark.parametrize("idx", [10, 8])  # one frame; 16 frames with static and dynamic segments
@@ -40,12 +39,14 @@ def test_fused_pipeline_reproduces_the_reference_case(kernels_everywhere, idx):
         context_ratio=case["ctx"],
         segmenter=case["seg"],
         sink_positions=tuple(case["sink"]),
-        cuda_graphs=False,
+        execution=ExecutionOptions(cuda_graphs=False),
     )
     inputs = [torch.from_numpy(arrays[key]).to(DEVICE) for key in ("feats", "sal", "ts")]
+    assert ops.select_ops(config.execution, DEVICE).name == "triton"
+    assert ops.select_ops(config.with_execution(fused_kernels=False).execution, DEVICE).name != "triton"
     fused = tango_prune(inputs[0], inputs[1], (case["H"], case["W"]), inputs[2], config)
     np.testing.assert_array_equal(fused.keep_index.cpu().numpy(), arrays["keep"])
     np.testing.assert_allclose(fused.kept_features.cpu().numpy(), arrays["kept_feats"], rtol=1e-5, atol=1e-6)
-    plain = tango_prune(inputs[0], inputs[1], (case["H"], case["W"]), inputs[2], replace(config, fused_kernels=False))
+    plain = tango_prune(inputs[0], inputs[1], (case["H"], case["W"]), inputs[2], config.with_execution(fused_kernels=False))
     assert torch.equal(plain.keep_index, fused.keep_index)
     torch.testing.assert_close(plain.kept_features, fused.kept_features, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,4 @@
-"""The fused problem-table expansion against its PyTorch form (tango_core.layout.problem_tables_on_device)."""
+"""The fused problem-table expansion against its PyTorch form (tango_core.dpc.problem_tables)."""
 
 import pytest
 
@@ -7,9 +7,10 @@ pytest.importorskip("triton")
 import numpy as np
 import torch
 
-from tango_core.dpc import problem_tables
+from host_references import problem_tables
+
+from tango_core.dpc import problem_tables as pytorch_problem_tables
 from tango_core.kernels.problems import problem_tables as fused_problem_tables
-from tango_core.layout import problem_tables_on_device
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -25,11 +26,11 @@ def test_fused_problem_tables_equal_the_pytorch_form(with_offsets):
     columns = (sizes, centres, offsets) if with_offsets else (sizes, centres, rng.integers(0, 9, len(sizes)), sizes)
     table = torch.from_numpy(np.stack(columns, axis=1).astype(np.int64))
     counts = table if with_offsets else table[:, :2]  # a strided view, as the salient counts are
-    expected, expected_members = problem_tables_on_device(counts, width, most, num_neighbors=7)
+    expected, expected_members = pytorch_problem_tables(counts, width, most, num_neighbors=7)
     got, members = fused_problem_tables(counts.to(DEVICE), width, most, 7)
     for field in ("valid", "invalid", "centre_valid", "centre_invalid", "keep_all", "neg_inv_neighbours"):
         assert torch.equal(getattr(got, field).cpu(), getattr(expected, field)), field
-    # The host-built tables of tango_core.dpc agree on the real rows.
+    # Tables built on the host from the sizes agree on the real rows.
     host = problem_tables(sizes[:7], centres[:7], 7)
     assert torch.equal(got.neg_inv_neighbours[:7].cpu(), host.neg_inv_neighbours)
     assert torch.equal(got.keep_all[:7].cpu(), host.keep_all)

@@ -9,16 +9,15 @@ pytest.importorskip("triton")
 
 import torch  # noqa: E402
 
+from tango_core import segmentation  # noqa: E402
 from tango_core.config import resolve_rope_sections  # noqa: E402
-from tango_core.dpc import SPLIT_SCALE, SplitPoints, split_scaled_points  # noqa: E402
+from tango_core.dpc import split_scaled_points  # noqa: E402
 from tango_core.kernels.rope import MAX_STATISTICS_DIM, rope_split, token_statistics  # noqa: E402
-from tango_core.rope import (  # noqa: E402
-    _space_half_tables,
-    _time_half_frequencies,
-    rotate_unit_features_scaled,
-    swap_group_halves,
-)
+from tango_core.ops import PYTORCH_CUDA  # noqa: E402
+from tango_core.rope import rotate_unit_features_scaled, swap_group_halves  # noqa: E402
+from tango_core.rope_tables import space_half_tables, time_half_frequencies  # noqa: E402
 from tango_core.segmentation import consecutive_token_similarity  # noqa: E402
+from tango_core.types import SPLIT_SCALE, SplitPoints  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BASE_TIME, BASE_SPACE = 10000.0, 1000.0
@@ -54,7 +53,11 @@ def _unit(extended, norms):
 def _scaled_reference(extended, norms, times, grid, sections):
     unit = _unit(extended, norms)
     scaled = rotate_unit_features_scaled(unit, grid, times, sections, BASE_TIME, BASE_SPACE, SPLIT_SCALE)
-    return scaled.view(-1, extended.shape[-1])
+    scaled = scaled.view(-1, extended.shape[-1])
+    split = PYTORCH_CUDA.rope_points(extended, norms, times, grid, sections, BASE_TIME, BASE_SPACE)  # the PyTorch form
+    reference = split_scaled_points(scaled)
+    assert all(torch.equal(a, b) for a, b in zip(vars(split).values(), vars(reference).values()))
+    return scaled
 
 
 def _split_variants(extended, norms, times, grid, sections):
@@ -68,10 +71,10 @@ def _split_variants(extended, norms, times, grid, sections):
         half = size // 2
         if half:
             if group == 0:
-                angles = times.float().view(-1, 1, 1) * _time_half_frequencies(sections, BASE_TIME, unit.device)
+                angles = times.float().view(-1, 1, 1) * time_half_frequencies(sections, BASE_TIME, unit.device)
                 cos, sin = angles.cos() * SPLIT_SCALE, angles.sin() * SPLIT_SCALE
             else:
-                cos, sin = _space_half_tables(grid, sections, BASE_SPACE, group, SPLIT_SCALE, unit.device)
+                cos, sin = space_half_tables(grid, sections, BASE_SPACE, group, SPLIT_SCALE, unit.device)
             first, second = unit[..., start : start + half], unit[..., start + half : start + size]
             out_first = (first * cos) - (second * sin)
             fused[..., start : start + half] = out_first
@@ -140,6 +143,8 @@ def test_token_statistics(num_frames, grid, dim, dtype):
     norms, similarity = token_statistics(features, extended)
     assert torch.equal(features, before)
     _assert_statistics(features, extended, norms, similarity)
+    pytorch_extended = _extended(features)  # the PyTorch form meets the same checks
+    _assert_statistics(features, pytorch_extended, *segmentation.token_statistics(features, pytorch_extended))
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ pytest.importorskip("triton")
 
 import torch
 
+from tango_core import segmentation
 from tango_core.kernels.segmentation import run_statistics
 from tango_core.segmentation import run_length_counts, run_lengths_on_device
 
@@ -24,14 +25,16 @@ def test_run_statistics_equal_the_pytorch_forms(num_frames, num_tokens, seed):
     assert torch.equal(static_runs.cpu(), expected_runs.float())
     expected_counts = run_length_counts(run_lengths_on_device(similarity > 0.65))
     assert at_least.dtype == torch.int64 and torch.equal(at_least.cpu(), expected_counts)
+    pytorch_runs, pytorch_counts = segmentation.run_statistics(similarity, 0.8, 0.65)  # the PyTorch form
+    assert torch.equal(pytorch_runs, expected_runs) and torch.equal(pytorch_counts, expected_counts)
 
 
-def test_run_statistics_without_histogram_and_into_a_given_buffer():
-    similarity = torch.tensor([[0.9, 0.1], [0.95, 0.9], [0.2, 0.99]])
-    out = torch.full((5, 2), -1.0)
-    runs, counts = run_statistics(similarity.to(DEVICE), 0.8, None, static_runs=out[1:4].to(DEVICE) if DEVICE.type == "cuda" else out[1:4])
+def test_run_statistics_without_histogram_and_of_a_view():
+    table = torch.full((5, 2), -1.0)
+    table[1:4] = torch.tensor([[0.9, 0.1], [0.95, 0.9], [0.2, 0.99]])
+    table = table.to(DEVICE)
+    runs, counts = run_statistics(table[1:4], 0.8, None)  # similarities inside a larger table
     assert counts is None
     assert torch.equal(runs.cpu(), torch.tensor([[2.0, 0.0], [1.0, 2.0], [0.0, 1.0]]))
-    if DEVICE.type == "cpu":
-        assert torch.equal(out[0], torch.tensor([-1.0, -1.0])) and torch.equal(out[4], torch.tensor([-1.0, -1.0]))
-        assert torch.equal(out[1:4], runs)
+    assert torch.equal(table[0].cpu(), torch.tensor([-1.0, -1.0])) and torch.equal(table[4].cpu(), torch.tensor([-1.0, -1.0]))
+    assert segmentation.run_statistics(table[1:4].cpu(), 0.8, None)[1] is None

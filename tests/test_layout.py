@@ -6,10 +6,21 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tango_core import TangoConfig, tango_prune
-from tango_core.layout import bucket_size, exact_size, merge_groups, pack, packed_size, power_of_two_size, unpack
-from tango_core.prune import _prune_eager
+from tango_core import ExecutionOptions, TangoConfig, tango_prune
+from tango_core.layout import (
+    LayoutPolicy,
+    _offsets,
+    _TableWriter,
+    bucket_size,
+    exact_size,
+    merge_groups,
+    packed_size,
+    power_of_two_size,
+    unpack,
+)
+from tango_core.pipeline import prune_eagerly
 from tango_core.synthetic import structured_clip
+from tango_core.types import VideoInputs
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -21,6 +32,14 @@ def test_bucket_sizes_are_the_geometric_series():
         assert n <= bucket_size(n) <= 1.25 * n
 
 
+def _pack(arrays, out):
+    """Write the tables into ``out`` (uint8, at least ``packed_size`` bytes) at their offsets."""
+    spec = tuple((name, array.dtype.str, tuple(array.shape)) for name, array in arrays.items())
+    offsets, _ = _offsets(spec)
+    for array, offset in zip(arrays.values(), offsets):
+        out[offset : offset + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
 def test_pack_round_trip_keeps_dtypes_shapes_and_values():
     arrays = {
         "a": np.arange(5, dtype=np.int64),
@@ -29,10 +48,20 @@ def test_pack_round_trip_keeps_dtypes_shapes_and_values():
     }
     spec = tuple((name, a.dtype.str, a.shape) for name, a in arrays.items())
     buffer = np.zeros(packed_size(spec), dtype=np.uint8)
-    pack(arrays, buffer)
+    _pack(arrays, buffer)
     views = unpack(torch.from_numpy(buffer), spec)
     for name, array in arrays.items():
         assert views[name].numpy().dtype == array.dtype
+        np.testing.assert_array_equal(views[name].numpy(), array)
+    # The layout's own writer packs the same bytes.
+    writer = _TableWriter()
+    for name, array in arrays.items():
+        writer.add(name, array.dtype, array.shape, lambda view, array=array: np.copyto(view, array))
+    written_spec, packed = writer.build()
+    assert written_spec == tuple((name, dtype, tuple(shape)) for name, dtype, shape in spec)
+    assert packed.nbytes == packed_size(spec)
+    views = unpack(torch.from_numpy(packed), written_spec)
+    for name, array in arrays.items():
         np.testing.assert_array_equal(views[name].numpy(), array)
 
 
@@ -60,9 +89,13 @@ def cases(draw):
         exact_budget=draw(st.booleans()),
         own_anchor_merge=draw(st.booleans()),
     )
-    grouping = draw(st.sampled_from([(4.0, 1 << 22), (1.5, 1 << 20), (1.0, 0), (100.0, 1 << 30)]))
+    slack, small = draw(st.sampled_from([(4.0, 1 << 22), (1.5, 1 << 20), (1.0, 0), (100.0, 1 << 30)]))
     coarse = draw(st.sampled_from([None, power_of_two_size]))
-    return clip, config, grouping + (coarse,)
+    return clip, config, LayoutPolicy(bucket_size, slack, small, coarse)
+
+
+def _video(clip):
+    return VideoInputs(clip.features, clip.saliency, clip.grid, clip.timestamps)
 
 
 @SETTINGS
@@ -70,11 +103,10 @@ def cases(draw):
 def test_padded_layout_gives_the_unpadded_result(case):
     """What the CUDA graphs run (bucket-padded tables, coarser padding of cheap sizes, any grouping
     of pools) equals the unpadded pipeline exactly."""
-    clip, config, grouping = case
-    args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+    clip, config, policy = case
     with torch.inference_mode():
-        exact = _prune_eager(*args)
-        padded = _prune_eager(*args, size_fn=bucket_size, layout_options=grouping)
+        exact = prune_eagerly(_video(clip), config)
+        padded = prune_eagerly(_video(clip), config, policy)
     assert torch.equal(exact.keep_index, padded.keep_index)
     torch.testing.assert_close(exact.kept_features, padded.kept_features, rtol=1e-6, atol=1e-6)
 
@@ -84,15 +116,14 @@ def test_padded_layout_gives_the_unpadded_result(case):
 def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
     from tango_core.graphs import GRAPH_LAYOUT, TangoGraphs
 
-    graphs = TangoGraphs(capture_after=capture_after)
-    config = TangoConfig(retention_ratio=0.15)
+    graphs = TangoGraphs()
+    config = TangoConfig(retention_ratio=0.15, execution=ExecutionOptions(graph_capture_after=capture_after))
     clips = [structured_clip(8, (6, 6), 48, regime, 2, seed, device="cuda") for regime in ("static", "dynamic") for seed in (0, 1)]
     for _ in range(4):  # eager runs, captures, then replays on refilled buffers
         for clip in clips:
-            args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
-            graphed = graphs.prune(*args)
+            graphed = graphs.prune(_video(clip), config)
             with torch.inference_mode():
-                eager = _prune_eager(*args, size_fn=bucket_size, layout_options=GRAPH_LAYOUT)
+                eager = prune_eagerly(_video(clip), config, GRAPH_LAYOUT)
             assert torch.equal(graphed.keep_index, eager.keep_index)
             torch.testing.assert_close(graphed.kept_features, eager.kept_features)
     assert graphs.captures >= 1 and graphs.replays >= len(clips)
@@ -106,17 +137,15 @@ def test_cuda_graphs_match_eager_and_survive_replays(capture_after):
 def test_graph_cache_stays_within_its_bounds_and_clears():
     from tango_core.graphs import GRAPH_LAYOUT, TangoGraphs
 
-    graphs = TangoGraphs(max_videos=1, max_layouts=1, capture_after=1)
-    config = TangoConfig(retention_ratio=0.2)
+    graphs = TangoGraphs()
+    bounds = ExecutionOptions(graph_cache_videos=1, graph_cache_layouts=1, graph_capture_after=1)
+    config = TangoConfig(retention_ratio=0.2, execution=bounds)
     small = [structured_clip(6, (4, 4), 24, regime, 2, 0, device="cuda") for regime in ("static", "dynamic")]
     large = structured_clip(10, (5, 5), 24, "mixed", 2, 0, device="cuda")
     for clip in small + [large] + small:
-        result = graphs.prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
+        result = graphs.prune(_video(clip), config)
         with torch.inference_mode():
-            eager = _prune_eager(
-                clip.features, clip.saliency, clip.grid, clip.timestamps, config, None,
-                size_fn=bucket_size, layout_options=GRAPH_LAYOUT,
-            )
+            eager = prune_eagerly(_video(clip), config, GRAPH_LAYOUT)
         assert torch.equal(result.keep_index, eager.keep_index)
         assert len(graphs._videos) == 1
         assert all(len(video.layouts) <= 1 for video in graphs._videos.values())
@@ -155,8 +184,8 @@ def test_graph_cache_logic_on_cpu(monkeypatch):
     monkeypatch.setattr(graph_module, "CapturedCall", _ReplayedCall)
     monkeypatch.setattr(torch.cuda, "Event", _NoEvent)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    cache = graph_module.TangoGraphs(max_videos=2, max_layouts=2)
-    config = TangoConfig(retention_ratio=0.2)
+    cache = graph_module.TangoGraphs()
+    config = TangoConfig(retention_ratio=0.2, execution=ExecutionOptions(graph_cache_videos=2, graph_cache_layouts=2))
     # Pairs of clips whose plans differ but share a padded layout shape, so replays must upload.
     pairs = [("static", 3), ("static", 6), ("dynamic", 0), ("dynamic", 4)]
     clips = [structured_clip(6, (4, 4), 24, regime, 2, seed) for regime, seed in pairs]
@@ -164,10 +193,9 @@ def test_graph_cache_logic_on_cpu(monkeypatch):
     outputs = []
     for _ in range(3):
         for clip in clips + [other_shape]:
-            args = (clip.features, clip.saliency, clip.grid, clip.timestamps, config, None)
-            result = cache.prune(*args)
+            result = cache.prune(_video(clip), config)
             with torch.inference_mode():
-                expected = _prune_eager(*args, size_fn=bucket_size, layout_options=graph_module.GRAPH_LAYOUT)
+                expected = prune_eagerly(_video(clip), config, graph_module.GRAPH_LAYOUT)
             assert torch.equal(result.keep_index, expected.keep_index)
             assert torch.equal(result.kept_features, expected.kept_features)
             assert not result.kept_features.is_inference()
@@ -176,9 +204,49 @@ def test_graph_cache_logic_on_cpu(monkeypatch):
     assert cache.eager_runs >= 1 and cache.captures >= 1 and cache.replays >= 1
     # Results handed out earlier are copies: later replays did not overwrite them.
     first = clips[0]
-    again = _prune_eager(first.features, first.saliency, first.grid, first.timestamps, config, None)
+    again = prune_eagerly(_video(first), config)
     assert torch.equal(outputs[0].keep_index, again.keep_index)
-    identity = cache.prune(first.features, first.saliency, first.grid, first.timestamps, TangoConfig(1.0), None)
+    identity = cache.prune(_video(first), TangoConfig(1.0))
     assert torch.equal(identity.kept_features, first.features.reshape(-1, 24))
     cache.clear()
+    assert not cache._videos
+
+
+def _graphs_on_cpu(monkeypatch):
+    """Let the graph cache run on the CPU, graphs replaced by recomputation."""
+    from tango_core import graphs as graph_module
+
+    monkeypatch.setattr(graph_module, "CapturedCall", _ReplayedCall)
+    monkeypatch.setattr(torch.cuda, "Event", _NoEvent)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+
+
+def test_graph_cache_bounds_follow_the_execution_options(monkeypatch):
+    from tango_core.graphs import TangoGraphs
+
+    _graphs_on_cpu(monkeypatch)
+    cache = TangoGraphs()
+    roomy = TangoConfig(0.2, execution=ExecutionOptions(graph_capture_after=1))
+    clips = [structured_clip(6, (4, 4), 24, regime, 2, seed) for regime, seed in (("static", 3), ("dynamic", 0))]
+    clips.append(structured_clip(5, (3, 3), 24, "mixed", 2, 0))
+    for clip in clips:
+        cache.prune(_video(clip), roomy)
+    assert len(cache._videos) == 2 and sum(len(video.layouts) for video in cache._videos.values()) == 3
+    tight = roomy.with_execution(graph_cache_videos=1, graph_cache_layouts=1)
+    result = cache.prune(_video(clips[0]), tight)  # a hit: the other shape and layout are dropped
+    assert len(cache._videos) == 1 and all(len(video.layouts) == 1 for video in cache._videos.values())
+    assert torch.equal(result.keep_index, prune_eagerly(_video(clips[0]), tight).keep_index)
+
+
+def test_the_graph_cache_of_tango_prune_is_reachable_and_clears(monkeypatch):
+    from tango_core import clear_cuda_graphs, graph_cache
+    from tango_core.graphs import TangoGraphs
+
+    _graphs_on_cpu(monkeypatch)
+    cache = graph_cache()
+    assert isinstance(cache, TangoGraphs) and graph_cache() is cache
+    clip = structured_clip(4, (3, 3), 12, "mixed", 2, 1)
+    cache.prune(_video(clip), TangoConfig(0.3))
+    assert cache._videos
+    clear_cuda_graphs()
     assert not cache._videos

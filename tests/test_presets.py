@@ -2,7 +2,8 @@
 
 import pytest
 
-from tango_core import SINK_PRESETS
+from tango_core import SINK_PRESETS, TangoConfig
+from tango_core.config import paper_similarity_threshold
 from tango_core.models.presets import paper_config
 
 
@@ -19,3 +20,11 @@ def test_other_families_use_the_nominal_ratio_and_optional_sinks():
     assert paper_config("llava_onevision", 0.1, use_sink_preset=True).sink_positions == SINK_PRESETS["llava_onevision"]
     with pytest.raises(ValueError, match="Unknown model family"):
         paper_config("llava_next", 0.1)
+
+
+def test_the_threshold_rule_is_the_configs():
+    assert paper_similarity_threshold(0.1) == 0.65 and paper_similarity_threshold(0.15) == 0.8
+    for ratio in (0.1, 0.15, 0.2):
+        assert TangoConfig(ratio).resolved_similarity_threshold() == paper_similarity_threshold(ratio)
+        assert paper_config("qwen2_5_vl", ratio).similarity_threshold == paper_similarity_threshold(ratio)
+    assert TangoConfig(0.1, similarity_threshold=0.3).resolved_similarity_threshold() == 0.3

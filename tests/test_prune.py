@@ -1,13 +1,14 @@
 """Invariants of tango_prune on structured clips (spec sections 4, 8, 11)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tango_core import TangoConfig, tango_prune
+from tango_core import ExecutionOptions, TangoConfig, TangoResult, tango_prune
 from tango_core.synthetic import structured_clip
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -182,3 +183,53 @@ def test_fastvid_uses_given_global_features():
     with_summary = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config, global_features=summary)
     assert with_summary.segments == [4, 4]
     assert tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config).segments == [8]
+
+
+def test_reference_backend_dispatches_after_validation(monkeypatch):
+    reference = pytest.importorskip("tango_core.reference", reason="tango_core/reference.py is not there yet")
+    calls, original = [], reference.reference_prune
+
+    def recorded(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(reference, "reference_prune", recorded)
+    clip = structured_clip(5, (4, 4), 12, "mixed", num_scenes=2, seed=6)
+    config = TangoConfig(0.2, execution=ExecutionOptions(backend="reference"))
+    result = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config)
+    assert len(calls) == 1
+    features, saliency, grid, timestamps, passed_config, global_features = calls[0]
+    assert features is clip.features and saliency is clip.saliency and timestamps is clip.timestamps
+    assert grid == clip.grid and passed_config is config and global_features is None
+    direct = original(clip.features, clip.saliency, clip.grid, clip.timestamps, config)
+    assert isinstance(result, TangoResult)
+    assert torch.equal(result.keep_index, direct.keep_index)
+    assert torch.equal(result.kept_features, direct.kept_features)
+    assert result.segments == list(direct.segments)
+    # Validation (shapes and values) runs before the reference is reached.
+    with pytest.raises(ValueError, match="grid 3x4"):
+        tango_prune(clip.features, clip.saliency, (3, 4), clip.timestamps, config)
+    bad = clip.features.clone()
+    bad[1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match="features contain NaN"):
+        tango_prune(bad, clip.saliency, clip.grid, clip.timestamps, config)
+    with pytest.raises(ValueError, match="saliency must be non-negative"):
+        tango_prune(clip.features, -clip.saliency, clip.grid, clip.timestamps, config)
+    sunk = replace(config, sink_positions=(0,))
+    negative_sink = clip.saliency.clone()
+    negative_sink[:, 0] = -1.0  # sinks are zeroed before the check, as in the fast pipeline
+    tango_prune(clip.features, negative_sink, clip.grid, clip.timestamps, sunk)
+    assert len(calls) == 2  # the first call and the last; none of the refused ones
+
+
+def test_execution_options_change_nothing_computed():
+    clip = structured_clip(6, (5, 5), 16, "mixed", num_scenes=2, seed=8)
+    expected = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.2))
+    for execution in (
+        ExecutionOptions(cuda_graphs=False),
+        ExecutionOptions(fused_kernels=False),
+        ExecutionOptions(graph_cache_videos=1, graph_cache_layouts=1, graph_capture_after=1),
+    ):
+        got = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, TangoConfig(0.2, execution=execution))
+        assert torch.equal(got.keep_index, expected.keep_index)
+        assert torch.equal(got.kept_features, expected.kept_features)

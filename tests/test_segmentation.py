@@ -5,12 +5,18 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from host_references import (
+    holitom_segments,
+    holitom_values_from_counts,
+    holitom_window_values,
+    run_lengths,
+)
 
 from tango_core.segmentation import (
     fastvid_segments,
-    holitom_segments,
-    holitom_window_values,
-    run_lengths,
+    holitom_segments_from_counts,
+    run_length_counts,
+    run_lengths_on_device,
 )
 
 
@@ -21,6 +27,12 @@ def _brute_force_values(above: np.ndarray) -> np.ndarray:
         for e in range(s + 1, num_frames):
             values[s, e] = (e - s) * int(above[s:e].all(axis=0).sum())
     return values
+
+
+def _library_segments(above: np.ndarray):
+    """The pipeline's programme (device run-length counts, then the host) on ``above``."""
+    counts = run_length_counts(run_lengths_on_device(torch.from_numpy(above)))
+    return holitom_segments_from_counts(counts.numpy())
 
 
 def _best_partition_value(values: np.ndarray, lengths):
@@ -59,24 +71,29 @@ def test_holitom_dp_is_optimal_on_small_patterns():
             partition.append(run)
             best = max(best, _best_partition_value(values, partition))
         assert _best_partition_value(values, lengths) == best
+        assert _library_segments(above) == lengths
 
 
 def test_holitom_hand_made_scenes():
     # Frames 0-3 identical, a cut, frames 4-6 identical: two segments.
     above = np.array([[1, 1], [1, 1], [1, 1], [0, 0], [1, 1], [1, 1]], dtype=bool)
     assert holitom_segments(_brute_force_values(above)) == [4, 3]
+    assert _library_segments(above) == [4, 3]
     # Nothing similar: every frame alone.
     assert holitom_segments(_brute_force_values(np.zeros((3, 2), bool))) == [1, 1, 1, 1]
+    assert _library_segments(np.zeros((3, 2), bool)) == [1, 1, 1, 1]
 
 
 def test_holitom_tie_keeps_earlier_smaller_window():
     # One position similar across pairs 0 and 1 only: [0,1,2] is worth 2, same as nothing better.
     above = np.array([[1], [1]], dtype=bool)
     assert holitom_segments(_brute_force_values(above)) == [3]
+    assert _library_segments(above) == [3]
     # Equal totals for [0,1],[2] vs [0],[1,2]: the DP keeps the earlier decision at each frame.
     above = np.array([[1, 0], [0, 1]], dtype=bool)
     values = _brute_force_values(above)
     assert holitom_segments(values) == [2, 1]
+    assert _library_segments(above) == [2, 1]
 
 
 def test_fastvid_cuts_at_least_similar_and_below_threshold():
@@ -93,14 +110,6 @@ def test_fastvid_cuts_at_least_similar_and_below_threshold():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_device_run_lengths_and_window_counts_match_the_host_reference(seed):
-    from tango_core.segmentation import (
-        holitom_values_from_counts,
-        holitom_window_values,
-        run_length_counts,
-        run_lengths,
-        run_lengths_on_device,
-    )
-
     rng = np.random.default_rng(seed)
     num_frames, num_tokens = int(rng.integers(2, 40)), int(rng.integers(1, 30))
     above = rng.random((num_frames - 1, num_tokens)) < rng.random()
@@ -121,13 +130,6 @@ def test_python_and_numpy_programmes_agree(seed):
 
 @pytest.mark.parametrize("seed", range(8))
 def test_counts_programme_with_early_stop_matches_the_full_programme(seed):
-    from tango_core.segmentation import (
-        holitom_segments_from_counts,
-        holitom_values_from_counts,
-        run_length_counts,
-        run_lengths_on_device,
-    )
-
     rng = np.random.default_rng(100 + seed)
     num_frames, num_tokens = int(rng.integers(1, 70)), int(rng.integers(1, 20))
     # Scenes of nearly static frames with cuts, plus noise: long windows and early stops both occur.

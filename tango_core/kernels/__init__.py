@@ -1,11 +1,12 @@
 """Fused Triton kernels of the CUDA path (optional).
 
-The pipeline's stages are written in plain PyTorch and run anywhere. On CUDA, when Triton is
-installed (it ships with PyTorch's CUDA wheels on Linux), the memory-bound parts run as fused
-kernels instead: each reads its inputs once where the PyTorch form makes several passes over
-(N * L, D) or (P, M, M) tensors. The kernels compute the same quantities as their PyTorch forms
-to float32 rounding; ``tests/test_kernels_*.py`` compare them (on the CPU through Triton's
-interpreter, on CUDA natively).
+The pipeline's device operations have PyTorch forms that run anywhere. On CUDA, when Triton is
+installed (it ships with PyTorch's CUDA wheels on Linux), the memory-bound ones run as these
+fused kernels instead (:func:`tango_core.ops.select_ops` chooses): each reads its inputs once
+where the PyTorch form makes several passes over (N * L, D) or (P, M, M) tensors. They compute
+the same quantities as their PyTorch forms to float32 rounding; ``tests/test_kernels_*.py``
+compare them (on the CPU through Triton's interpreter, on CUDA natively). From the package they
+import only :mod:`tango_core.types` and :mod:`tango_core.rope_tables`.
 
 Compilation: Triton compiles a kernel once per combination of its compile-time constants and of
 the properties it specialises arguments on (divisibility by 16, equality to 1, pointer

@@ -1,12 +1,12 @@
 """Fused kernels of the clustering tails of salient selection and anchor merging (spec 4.4, 4.5).
 
 :func:`nearest_centres` replaces :func:`~tango_core.dpc.assign_to_nearest`, :func:`best_members`
-the membership argmax of :func:`~tango_core.dpc.select_diverse_salient`, and
-:func:`merge_clusters` the one-hot product, division and lerp of
-:func:`~tango_core.dpc.merge_into_anchors`. Nothing of size (P, M, D) or (P, A, M) is
-materialised: the assignment gathers only the (point, centre) distances, and the merge sorts each
-problem's points by slot (so that a slot's members lie contiguously, in ascending point order) and
-gathers the members' feature rows straight from the caller's feature table.
+the membership argmax of :func:`~tango_core.dpc.best_members`, and :func:`merge_clusters` the
+one-hot product, division and lerp of :func:`~tango_core.dpc.merge_clusters`. Nothing of size
+(P, M, D) or (P, A, M) is materialised: the assignment gathers only the (point, centre)
+distances, and the merge sorts each problem's points by slot (so that a slot's members lie
+contiguously, in ascending point order) and gathers the members' feature rows straight from the
+caller's feature table.
 
 Launches: the assignment runs one program per (problem, block of points), walking the centres in
 tiles with a running (min, argmin); the per-slot summaries (lowest member, points before the
@@ -301,7 +301,7 @@ def _slot_summary(assignment: torch.Tensor, num_slots: int, first: bool, counts:
 def best_members(assignment: torch.Tensor, num_slots: int) -> torch.Tensor:
     """Lowest point of each slot. assignment: (P, M) int64 (:func:`nearest_centres`; invalid
     points carry a value outside ``[0, num_slots)``). Returns (P, num_slots) int64, 0 for a slot
-    without points: ``select_diverse_salient``'s ``membership.to(torch.uint8).argmax(dim=1)``."""
+    without points: the membership argmax of :func:`~tango_core.dpc.best_members`."""
     if assignment.dtype != torch.int64 or assignment.dim() != 2:
         raise ValueError(f"assignment must be a (P, M) int64 tensor, got {assignment.dtype} {tuple(assignment.shape)}.")
     if num_slots < 0:
@@ -323,7 +323,7 @@ def merge_clusters(
     ``features`` of the pool points; assignment: (P, M) int64 slots (:func:`nearest_centres`,
     ``A`` on invalid points); anchors: (P, A) int64 point indices of the slots' anchors (in
     ``[0, M)``); centre_valid: (P, A) bool. Returns (P, A, D) float32: for a valid slot of
-    ``n >= 1`` points the merge of :func:`~tango_core.dpc.merge_into_anchors`, with the cluster sum
+    ``n >= 1`` points the merge of :func:`~tango_core.dpc.merge_clusters`, with the cluster sum
     accumulated in float32 in a fixed order; zeros on other slots.
     """
     num_problems, width = assignment.shape

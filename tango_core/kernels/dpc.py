@@ -2,9 +2,9 @@
 
 :func:`peak_distances_and_density` replaces the epilogue of
 :func:`~tango_core.dpc.pairwise_distances` (after the two fp16 products) and the density part of
-:func:`~tango_core.dpc.dpc_knn_centres`; :func:`peak_scores` replaces the rest of it up to the
-scores, which the caller sorts. One program handles one row ``(p, i)`` of one problem, the whole
-row in one block, so the distance matrix is written once and read once more.
+:func:`~tango_core.dpc.density_peak_scores`; :func:`peak_scores` replaces the rest of it, up to
+the scores, which the caller ranks. One program handles one row ``(p, i)`` of one problem, the
+whole row in one block, so the distance matrix is written once and read once more.
 
 Rounding follows the PyTorch CUDA forms: ``sqrt_rn`` and libdevice's ``expf`` (Triton's ``sqrt``
 and ``exp`` are approximate on NVIDIA GPUs; the interpreter has no libdevice and uses ``exp``),
@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ..dpc import SPLIT_SCALE, ProblemTables
+from ..types import SPLIT_SCALE, ProblemTables
 
 MAX_WIDTH = 4096
 """Largest padded problem width M the kernels support (a whole row stays in registers)."""
@@ -131,12 +131,12 @@ def peak_distances_and_density(
     """Distances, DPC-KNN densities and row maxima of P problems from their split Gram products.
 
     gram, cross: (P, M, M) float32, ``high @ high^T`` and ``high @ low^T`` of
-    :class:`~tango_core.dpc.SplitPoints`; squared_norms: (P, M) float32; valid: (P, M) bool;
-    neg_inv_neighbours: (P, 1) float32 (see :class:`~tango_core.dpc.ProblemTables`). M is at most
+    :class:`~tango_core.types.SplitPoints`; squared_norms: (P, M) float32; valid: (P, M) bool;
+    neg_inv_neighbours: (P, 1) float32 (see :class:`~tango_core.types.ProblemTables`). M is at most
     :data:`MAX_WIDTH`. Returns ``(distances, density, row_max)``: (P, M, M) float32 distances as
     :func:`~tango_core.dpc.pairwise_distances` computes them, (P, M) float32 densities as
-    :func:`~tango_core.dpc.dpc_knn_centres` defines them (-inf on invalid rows), and (P, M) float32
-    largest distance of each valid row to the valid columns (0 on invalid rows).
+    :func:`~tango_core.dpc.density_peak_scores` defines them (-inf on invalid rows), and (P, M)
+    float32 largest distance of each valid row to the valid columns (0 on invalid rows).
     """
     num_problems, width = squared_norms.shape
     block, num_warps = _row_launch(width)
@@ -179,7 +179,7 @@ def peak_scores(
     distances: (P, M, M) float32; density, row_max: (P, M) float32 from
     :func:`peak_distances_and_density`; valid: (P, M) bool. ``delta_i`` is the smallest distance
     to a valid point of strictly higher density, capped by the problem's largest distance (the
-    largest itself when there is none), as in :func:`~tango_core.dpc.dpc_knn_centres`.
+    largest itself when there is none), as in :func:`~tango_core.dpc.density_peak_scores`.
     Returns (P, M) float32.
     """
     num_problems, width = density.shape

@@ -2,8 +2,8 @@
 
 The host sends, per DPC-KNN problem, only its point count, centre count and (for context pools)
 the offset of its first pool slot; :func:`problem_tables` writes the
-:class:`~tango_core.dpc.ProblemTables` masks and weights, and the pool member slots, in one
-launch (the PyTorch form, :func:`tango_core.layout.problem_tables_on_device`, takes about a dozen).
+:class:`~tango_core.types.ProblemTables` masks and weights, and the pool member slots, in one
+launch (the PyTorch form, :func:`tango_core.dpc.problem_tables`, takes about a dozen).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dpc import ProblemTables
+from ..types import ProblemTables
 
 _BLOCK = 512
 

@@ -1,10 +1,10 @@
 """Fused kernels of the statistics and ST-RoPE stages (spec section 3 and 4.1).
 
-:func:`token_statistics` replaces the float32 copy of the features into the extended table, their
-norms and the consecutive-token similarities of :func:`~tango_core.stages.statistics_stage`;
+:func:`token_statistics` replaces :func:`tango_core.segmentation.token_statistics` (the float32
+copy of the features into the extended table, their norms and consecutive-token similarities);
 :func:`rope_split` replaces :func:`~tango_core.rope.rotate_unit_features_scaled` followed by
-:func:`~tango_core.dpc.split_scaled_points` in :func:`~tango_core.stages.rope_stage`. Each reads
-every feature row once and writes each output once.
+:func:`~tango_core.dpc.split_scaled_points`. Each reads every feature row once and writes each
+output once.
 
 Rounding follows the PyTorch CUDA forms: divisions and square roots are correctly rounded
 (``div_rn`` / ``sqrt_rn``: Triton's ``/`` and ``sqrt`` are approximate on NVIDIA GPUs), and the
@@ -15,15 +15,15 @@ with value 1) is an explicit ``tl.fma``. Only the order of the summations differ
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ..dpc import SPLIT_SCALE, SplitPoints
+from ..rope_tables import space_half_tables, time_half_frequencies
+from ..types import SPLIT_SCALE, SplitPoints
 from . import MAX_STATISTICS_DIM
-from ..rope import _space_half_tables, _time_half_frequencies
 
 
 FRAMES_PER_PROGRAM = 16
@@ -48,7 +48,6 @@ def _token_statistics_kernel(
     FRAMES: tl.constexpr,
     BLOCK_L: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    WRITE_EXTENDED: tl.constexpr,
 ):
     positions = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     channels = tl.arange(0, BLOCK_D)
@@ -69,23 +68,20 @@ def _token_statistics_kernel(
         x = tl.load(features_ptr + offsets, mask=mask & readable[:, None], other=0.0).to(tl.float32)
         norm = tl.sqrt_rn(tl.sum(x * x, axis=1))
         unit = tl.div_rn(x, tl.maximum(norm, _NORM_EPS, propagate_nan=tl.PropagateNan.ALL)[:, None])
-        if WRITE_EXTENDED:
-            tl.store(extended_ptr + offsets, x, mask=mask & owned[:, None])
+        tl.store(extended_ptr + offsets, x, mask=mask & owned[:, None])
         tl.store(norms_ptr + rows, norm, mask=position_ok & owned)
         similarity = tl.sum(previous * unit, axis=1)
         tl.store(similarity_ptr + (rows - num_tokens), similarity, mask=position_ok & owned & (frames > 0))
         previous = unit
 
 
-def token_statistics(features: torch.Tensor, extended: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+def token_statistics(features: torch.Tensor, extended: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Float32 copy, norms and consecutive-token similarities of features, in one read.
 
     features: (N, L, D) float32, float16 or bfloat16 (D <= :data:`MAX_STATISTICS_DIM`);
     extended: (R, D) float32 contiguous, R >= N * L: its first N * L rows receive the features in
-    float32 (the rest is left alone), or None when the features already live there (nothing is
-    written). Returns ``(norms, similarity)``: (N, L) float32 l2 norms
-    and (N - 1, L) float32 ``cos(F[n, l], F[n + 1, l])`` of the unit features
-    ``F / max(norm, 1e-12)``.
+    float32 (the rest is left alone). Returns ``(norms, similarity)``: (N, L) float32 l2 norms and
+    (N - 1, L) float32 ``cos(F[n, l], F[n + 1, l])`` of the unit features ``F / max(norm, 1e-12)``.
     """
     num_frames, num_tokens, dim = features.shape
     if dim > MAX_STATISTICS_DIM:
@@ -93,8 +89,7 @@ def token_statistics(features: torch.Tensor, extended: Optional[torch.Tensor]) -
             f"token_statistics supports feature dimensions up to {MAX_STATISTICS_DIM}, got {dim}; "
             "use the PyTorch statistics stage for wider features."
         )
-    if extended is not None:
-        _check_extended(extended, num_frames * num_tokens, dim, features.device)
+    _check_extended(extended, num_frames * num_tokens, dim, features.device)
     features = features.contiguous()
     norms = torch.empty(num_frames, num_tokens, dtype=torch.float32, device=features.device)
     similarity = torch.empty(max(num_frames - 1, 0), num_tokens, dtype=torch.float32, device=features.device)
@@ -106,7 +101,7 @@ def token_statistics(features: torch.Tensor, extended: Optional[torch.Tensor]) -
     grid = (triton.cdiv(num_tokens, block_l), triton.cdiv(num_frames, frames_per_program))
     _token_statistics_kernel[grid](
         features,
-        features if extended is None else extended,
+        extended,
         norms,
         similarity,
         num_frames,
@@ -115,7 +110,6 @@ def token_statistics(features: torch.Tensor, extended: Optional[torch.Tensor]) -
         FRAMES=frames_per_program,
         BLOCK_L=block_l,
         BLOCK_D=block_d,
-        WRITE_EXTENDED=extended is not None,
         num_warps=max(1, min(16, block_l * block_d // 512)),
         enable_fp_fusion=False,
     )
@@ -221,7 +215,7 @@ def rope_split(
     extended: (R, D) float32 whose first N * L rows are the features (frame-major tokens);
     norms: (N, L) float32 (:func:`token_statistics`); times: (N,) seconds; grid (H, W) with
     H * W = L; sections (d_t, d_h, d_w): even channel counts summing to D. Returns the
-    :class:`~tango_core.dpc.SplitPoints` ((N * L, D) float16 high and low, (N * L,) float32
+    :class:`~tango_core.types.SplitPoints` ((N * L, D) float16 high and low, (N * L,) float32
     squared norms) of ``rotate_unit_features_scaled(unit, ..., SPLIT_SCALE)`` with
     ``unit = features / max(norms, 1e-12)``.
     """
@@ -244,13 +238,13 @@ def rope_split(
         squared_norms.zero_()
         return SplitPoints(high, low, squared_norms)
     # The same float32 angle tables as rotate_unit_features_scaled, so the angles agree bitwise.
-    time_angles = times.to(device=device, dtype=torch.float32).view(num_frames, 1) * _time_half_frequencies(
+    time_angles = times.to(device=device, dtype=torch.float32).view(num_frames, 1) * time_half_frequencies(
         sections, base_time, device
     )
     time_cos = (time_angles.cos() * SPLIT_SCALE).contiguous()
     time_sin = (time_angles.sin() * SPLIT_SCALE).contiguous()
-    height_cos, height_sin = _space_half_tables(grid, sections, base_space, 1, SPLIT_SCALE, device)
-    width_cos, width_sin = _space_half_tables(grid, sections, base_space, 2, SPLIT_SCALE, device)
+    height_cos, height_sin = space_half_tables(grid, sections, base_space, 1, SPLIT_SCALE, device)
+    width_cos, width_sin = space_half_tables(grid, sections, base_space, 2, SPLIT_SCALE, device)
     halves = [size // 2 for size in sections]
     tile = min(triton.next_power_of_2(max(halves)), _ROPE_TILE)
     block_rows = min(triton.next_power_of_2(num_rows), max(1, _ROPE_ELEMENTS // tile))

@@ -1,8 +1,8 @@
 """Fused kernel of the segmentation statistics (spec 4.1, 4.2).
 
-:func:`run_statistics` replaces, in :func:`~tango_core.stages.statistics_stage`, the two
+:func:`run_statistics` replaces :func:`tango_core.segmentation.run_statistics`: the two
 :func:`~tango_core.segmentation.run_lengths_on_device` passes (static threshold and segmentation
-threshold) and the histogram of :func:`~tango_core.segmentation.run_length_counts`: one program
+threshold) and the histogram of :func:`~tango_core.segmentation.run_length_counts`. One program
 per block of token positions walks the frame pairs backwards, keeping both run lengths in
 registers. Counts are integers (atomic integer additions are exact), so the results are
 bit-identical to the PyTorch forms.
@@ -49,23 +49,19 @@ def _run_statistics_kernel(
 
 
 def run_statistics(
-    similarity: torch.Tensor,
-    static_threshold: float,
-    threshold: Optional[float],
-    static_runs: Optional[torch.Tensor] = None,
+    similarity: torch.Tensor, static_threshold: float, threshold: Optional[float]
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Static run lengths and HoliTom window counts of consecutive-token similarities.
 
     similarity: (N-1, L) float32. Returns ``(static_runs, at_least)``: (N-1, L) float32 run
     lengths of ``similarity > static_threshold`` (:func:`~tango_core.segmentation.run_lengths_on_device`,
-    as floats: exact) written into ``static_runs`` when given, and, when ``threshold`` is not
-    None, the (N-1, N-1) int64 counts of :func:`~tango_core.segmentation.run_length_counts` of
-    the runs of ``similarity > threshold`` (else None).
+    as floats: exact) and, when ``threshold`` is not None, the (N-1, N-1) int64 counts of
+    :func:`~tango_core.segmentation.run_length_counts` of the runs of ``similarity > threshold``
+    (else None).
     """
     num_pairs, num_tokens = similarity.shape
     similarity = similarity.contiguous()
-    if static_runs is None:
-        static_runs = torch.empty(num_pairs, num_tokens, dtype=torch.float32, device=similarity.device)
+    static_runs = torch.empty(num_pairs, num_tokens, dtype=torch.float32, device=similarity.device)
     histogram = None
     if threshold is not None:
         histogram = torch.zeros(num_pairs, num_pairs + 1, dtype=torch.int32, device=similarity.device)
