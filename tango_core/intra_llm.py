@@ -3,9 +3,53 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+
+# LLaVA-Video-7B prunes inside its 28-layer LLM at layer 18 (spec section 6).
+REFERENCE_PRUNE_LAYER, REFERENCE_NUM_LAYERS = 18, 28
+
+
+@dataclass(frozen=True)
+class IntraLLMConfig:
+    """LLaVA-Video's intra-LLM stage (spec section 6), the one place its knobs live.
+
+    layer: K, the first layer on the shortened sequence (None: 18 of 28, scaled to the model's
+    depth). keep_ratio: p, the share of visual tokens kept at K. merge_weight: weight of the pooled
+    feature in the merge. reference_bidirectional_bug: run layer K-1 without a causal mask in
+    prefill, as the reference does (opt-in; the default is causal).
+    """
+
+    layer: Optional[int] = None
+    keep_ratio: float = 0.5
+    merge_weight: float = 0.4
+    reference_bidirectional_bug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.layer is not None and (isinstance(self.layer, bool) or int(self.layer) < 1):
+            raise ValueError(f"intra-LLM layer K must be a positive layer index, got {self.layer!r}.")
+        if not 0.0 < float(self.keep_ratio) <= 1.0:
+            raise ValueError(f"intra-LLM keep_ratio must be in (0, 1], got {self.keep_ratio!r}.")
+        if not 0.0 <= float(self.merge_weight) <= 1.0:
+            raise ValueError(f"intra-LLM merge_weight must be in [0, 1], got {self.merge_weight!r}.")
+
+    def resolved_layer(self, num_layers: int) -> int:
+        """K for a model of ``num_layers`` layers: explicit, else 18/28 of the depth rounded, in [1, L-1]."""
+        if self.layer is not None:
+            if not 1 <= int(self.layer) < num_layers:
+                raise ValueError(f"intra-LLM layer K must be in [1, {num_layers - 1}], got {self.layer}.")
+            return int(self.layer)
+        scaled = int(round(num_layers * REFERENCE_PRUNE_LAYER / REFERENCE_NUM_LAYERS))
+        return min(max(scaled, 1), num_layers - 1)
+
+    def pre_llm_ratio(self, average_ratio: float, num_layers: int = REFERENCE_NUM_LAYERS) -> float:
+        """The pre-LLM ratio whose token count, averaged over the layers, is ``average_ratio``:
+        ``min(L r / (K + (L - K) p), 1)``."""
+        layer = self.resolved_layer(num_layers)
+        return min(num_layers * average_ratio / (layer + (num_layers - layer) * float(self.keep_ratio)), 1.0)
 
 
 @dataclass

@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from tango_core.config import paper_similarity_threshold
+from tango_core.intra_llm import IntraLLMConfig
+
 from .models_registry import ModelSpec, resolve_model
 
 METHODS = ("tango", "vanilla")
@@ -122,18 +125,26 @@ class ModelSettings:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
-    def resolved_pre_retain_ratio(self, num_layers: int, pruned_layer: int, keep_ratio: float) -> float:
-        """LLaVA-Video's pre-LLM ratio: explicit, else ``min(L r / (K + (L - K) p), 1)`` to six digits."""
+    def intra_llm_config(self) -> IntraLLMConfig:
+        """LLaVA-Video's intra-LLM stage: K = --pruned-layer, p = --llm-retain-ratio (defaults 18 of 28, 0.5)."""
+        defaults = IntraLLMConfig()
+        return IntraLLMConfig(
+            layer=None if self.pruned_layer is None else int(self.pruned_layer),
+            keep_ratio=defaults.keep_ratio if self.llm_retain_ratio is None else float(self.llm_retain_ratio),
+        )
+
+    def resolved_pre_retain_ratio(self, num_layers: int) -> float:
+        """LLaVA-Video's pre-LLM ratio: explicit, else the one whose average over the ``num_layers``
+        layers is r (spec section 6), to six significant digits as the reference passes it."""
         if self.pre_retain_ratio is not None:
             return float(self.pre_retain_ratio)
-        average = float(self.retain_ratio)
-        return six_significant(min(num_layers * average / (pruned_layer + (num_layers - pruned_layer) * keep_ratio), 1.0))
+        return six_significant(self.intra_llm_config().pre_llm_ratio(float(self.retain_ratio), num_layers))
 
     def resolved_similarity_threshold(self) -> float:
-        """tau, keyed on the nominal ratio r: explicit, else 0.65 at r = 0.1 and 0.8 otherwise."""
+        """tau, keyed on the nominal ratio r: explicit, else the paper's rule."""
         if self.similarity_threshold is not None:
             return float(self.similarity_threshold)
-        return 0.65 if float(self.retain_ratio) == 0.1 else 0.8
+        return paper_similarity_threshold(float(self.retain_ratio))
 
     def to_dict(self) -> Dict[str, Any]:
         """All fields, JSON-ready."""

@@ -207,16 +207,11 @@ class TangoLlavaVideo(_LlavaModel):
 
     def _adapter_options(self) -> Dict[str, Any]:
         options = super()._adapter_options()
-        if self.settings.pruned_layer is not None:
-            options["intra_llm_layer"] = int(self.settings.pruned_layer)
-        if self.settings.llm_retain_ratio is not None:
-            options["intra_llm_keep_ratio"] = float(self.settings.llm_retain_ratio)
+        options["intra_llm"] = self.settings.intra_llm_config()
         return options
 
     def pre_llm_retention(self) -> float:
-        adapter = self.adapter
-        num_layers = int(adapter.model.config.text_config.num_hidden_layers)
-        return self.settings.resolved_pre_retain_ratio(num_layers, adapter.intra_llm_layer, adapter.intra_llm_keep_ratio)
+        return self.settings.resolved_pre_retain_ratio(self.adapter.num_layers)
 
 
 class TangoQwen25VL(TangoVideoModel):

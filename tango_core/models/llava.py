@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 import os
-import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,26 +31,14 @@ from PIL import Image
 from torch import nn
 
 from ..config import TangoConfig
-from ..prune import tango_prune
-from .base import TangoGeneration, TangoStats, TangoVideoLM, VideoClip, VideoSource, answer_without_autograd
+from ..intra_llm import IntraLLMConfig
+from .families import get_family
+from .base import KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
 from .video import to_clip
 
 LLAVA_FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video")
-DEFAULT_NUM_FRAMES: Dict[str, int] = {"llava_onevision": 32, "llava_video": 64}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-# LLaVA-Video-7B prunes inside the LLM at layer 18 of 28 (spec section 6).
-REFERENCE_INTRA_LLM_LAYER, REFERENCE_NUM_LAYERS = 18, 28
-
-
-def default_intra_llm_layer(num_layers: int) -> int:
-    """K for a model of ``num_layers`` layers: 18 for 28, else the same fraction rounded, in [1, L-1]."""
-    return min(max(int(round(num_layers * REFERENCE_INTRA_LLM_LAYER / REFERENCE_NUM_LAYERS)), 1), num_layers - 1)
-
-
-def pre_llm_ratio(average_ratio: float, num_layers: int = 28, prune_layer: int = 18, keep_ratio: float = 0.5) -> float:
-    """Pre-LLM retention giving an average ``average_ratio`` over the layers: ``min(L r / (K + (L - K) p), 1)``."""
-    return min(num_layers * average_ratio / (prune_layer + (num_layers - prune_layer) * keep_ratio), 1.0)
 
 
 def default_attn_implementation() -> str:
@@ -64,21 +51,13 @@ def default_attn_implementation() -> str:
 
 
 @dataclass
-class LlavaInputs:
-    """One prepared prompt.
+class LlavaInputs(Prefill):
+    """One prepared LLaVA prompt: ``[prompt before <image>] [video tokens + newlines] [prompt after]``.
 
-    inputs_embeds: (1, S, D) embeddings the LLM receives. visual_start / visual_length: the span of
-    the spliced video (newlines included). keep_index: (K,) kept flat indices into N*L (all of them
-    without pruning). grid: (H, W) of one pooled frame. clip: the sampled frames.
+    grid: (H, W) of one pooled frame. See :class:`~tango_core.models.base.Prefill` for the rest.
     """
 
-    inputs_embeds: torch.Tensor
-    visual_start: int
-    visual_length: int
-    keep_index: torch.Tensor
-    grid: Tuple[int, int]
-    clip: VideoClip
-    stats: TangoStats = field(default_factory=TangoStats)
+    grid: Tuple[int, int] = (0, 0)
 
 
 class LlavaTango(TangoVideoLM):
@@ -88,10 +67,8 @@ class LlavaTango(TangoVideoLM):
     tango: Tango configuration, or None for the unmodified model.
     num_frames: frames sampled per video (default 32 for OneVision, 64 for LLaVA-Video).
     saliency_head: SigLIP ``post_layernorm`` + head; loaded from ``siglip_path`` on first need.
-    intra_llm: run LLaVA-Video's intra-LLM stage (only for llava_video, with Tango at r < 1).
-    intra_llm_layer: K, first layer on the shortened sequence (default 18 of 28, scaled to the
-        model's depth). intra_llm_keep_ratio: p. intra_llm_merge_weight: weight of the pooled feature.
-    intra_llm_reference_bug: reproduce the reference's bidirectional layer K-1 (opt-in, spec 6).
+    intra_llm: LLaVA-Video's intra-LLM stage (runs only for llava_video, with Tango at r < 1);
+        None switches it off.
     """
 
     def __init__(
@@ -103,16 +80,11 @@ class LlavaTango(TangoVideoLM):
         num_frames: Optional[int] = None,
         saliency_head: Optional[SiglipSaliencyHead] = None,
         siglip_path: str = DEFAULT_SIGLIP_ID,
-        intra_llm: bool = True,
-        intra_llm_layer: Optional[int] = None,
-        intra_llm_keep_ratio: float = 0.5,
-        intra_llm_merge_weight: float = 0.4,
-        intra_llm_reference_bug: bool = False,
+        intra_llm: Optional[IntraLLMConfig] = IntraLLMConfig(),
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
     ) -> None:
-        super().__init__(tango)
         if family not in LLAVA_FAMILIES:
             raise ValueError(f"Unknown LLaVA family {family!r}; choose one of {LLAVA_FAMILIES}.")
         config = model.config
@@ -123,28 +95,20 @@ class LlavaTango(TangoVideoLM):
             )
         if not isinstance(config.vision_feature_layer, int):
             raise ValueError(f"vision_feature_layer must be a single layer index, got {config.vision_feature_layer!r}.")
+        super().__init__(model, tokenizer, tango, stop_token_ids=_stop_tokens(tokenizer))
         self.family = family
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.num_frames = int(num_frames) if num_frames is not None else DEFAULT_NUM_FRAMES[family]
+        self.num_frames = int(num_frames) if num_frames is not None else int(get_family(family).frames)
         self.saliency_head = saliency_head
         self.siglip_path = siglip_path
         self.system_prompt = system_prompt
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
-        num_layers = int(config.text_config.num_hidden_layers)
-        self.intra_llm = bool(intra_llm)
-        self.intra_llm_layer = default_intra_llm_layer(num_layers) if intra_llm_layer is None else int(intra_llm_layer)
-        self.intra_llm_keep_ratio = float(intra_llm_keep_ratio)
-        self.intra_llm_merge_weight = float(intra_llm_merge_weight)
-        self.intra_llm_reference_bug = bool(intra_llm_reference_bug)
-        if family == "llava_video" and self.intra_llm and not 1 <= self.intra_llm_layer < num_layers:
-            raise ValueError(f"intra_llm_layer must be in [1, {num_layers - 1}], got {self.intra_llm_layer}.")
+        self.num_layers = int(config.text_config.num_hidden_layers)
+        self.intra_llm = intra_llm
+        # K is resolved (and checked) now, so that a bad K fails at load time.
+        self.intra_llm_layer = intra_llm.resolved_layer(self.num_layers) if intra_llm is not None else None
         vision = config.vision_config
         self.patch_grid = int(vision.image_size) // int(vision.patch_size)
-        self.stop_token_ids = self._stop_tokens()
-
-    # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_pretrained(
@@ -161,13 +125,13 @@ class LlavaTango(TangoVideoLM):
     ) -> "LlavaTango":
         """Load a LLaVA-OneVision-format checkpoint (directory or hub id) with its tokenizer.
 
-        dtype: default float16 on CUDA (the paper's), float32 on CPU. device: default CUDA when available. attn_implementation:
-        default ``flash_attention_2`` if importable, else ``sdpa``. family: default from the config's
-        ``tango_family`` key, else ``llava_video`` when the path names LLaVA-Video, else OneVision.
-        siglip_path: SigLIP checkpoint with the attention-pooling head (default: the config's
-        ``tango_siglip`` key, relative to the model directory, else google/siglip-so400m-patch14-384).
-        config: the checkpoint's already loaded config (read from ``path`` when None).
-        Other keyword arguments go to the constructor (num_frames, intra_llm_layer, ...).
+        dtype: default float16 on CUDA (the paper's), float32 on CPU. device: default CUDA when
+        available. attn_implementation: default ``flash_attention_2`` if importable, else ``sdpa``.
+        family: default from the config's ``tango_family`` key, else ``llava_video`` when the path
+        names LLaVA-Video, else OneVision. siglip_path: SigLIP checkpoint with the attention-pooling
+        head (default: the config's ``tango_siglip`` key, relative to the model directory, else
+        google/siglip-so400m-patch14-384). config: the checkpoint's already loaded config.
+        Other keyword arguments go to the constructor (num_frames, intra_llm, ...).
         """
         from transformers import AutoConfig, AutoTokenizer, LlavaOnevisionForConditionalGeneration
 
@@ -181,42 +145,15 @@ class LlavaTango(TangoVideoLM):
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, tango=tango, family=family, siglip_path=resolve_siglip_path(config, path, siglip_path), **kwargs)
 
-    # ------------------------------------------------------------------ small helpers
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the model's parameters."""
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Floating dtype of the model."""
-        return self.model.dtype
-
-    @property
-    def prunes(self) -> bool:
-        """Whether Tango actually removes tokens (configured and r < 1)."""
-        return self.tango is not None and self.tango.retention_ratio < 1.0
+    @staticmethod
+    def detect_family(config, path: str = "") -> str:
+        """Which LLaVA family a checkpoint is (see :func:`detect_llava_family`)."""
+        return detect_llava_family(config, path)
 
     @property
     def uses_intra_llm(self) -> bool:
         """Whether prefill runs the intra-LLM stage (LLaVA-Video, enabled, pruning)."""
-        return self.family == "llava_video" and self.intra_llm and self.prunes
-
-    def _stop_tokens(self) -> List[int]:
-        """Token ids that end generation: ``<|im_end|>`` and the tokenizer's eos."""
-        ids = set()
-        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
-            ids.add(im_end)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return sorted(ids)
-
-    def _sync(self) -> None:
-        """Wait for queued device work so wall times are honest."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        return self.family == "llava_video" and self.intra_llm is not None and self.prunes
 
     def _get_saliency_head(self) -> SiglipSaliencyHead:
         """The SigLIP head, loaded on first use in the model's dtype and device."""
@@ -224,7 +161,7 @@ class LlavaTango(TangoVideoLM):
             self.saliency_head = SiglipSaliencyHead.from_pretrained(self.siglip_path, dtype=self.dtype, device=self.device)
         return self.saliency_head
 
-    # ------------------------------------------------------------------ prompt
+    # -- prompt --------------------------------------------------------------------------------
 
     def time_instruction(self, clip: VideoClip) -> str:
         """LLaVA-Video's sentence about duration, frame count and frame times (spec 7, frame count fixed)."""
@@ -247,7 +184,11 @@ class LlavaTango(TangoVideoLM):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
-    # ------------------------------------------------------------------ vision
+    # -- vision --------------------------------------------------------------------------------
+
+    def load_clip(self, video: VideoSource) -> VideoClip:
+        """``num_frames`` frames at ``linspace(0, total - 1, n)`` cast to int (the reference's sampling)."""
+        return to_clip(video, num_frames=self.num_frames)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, S, S) pixels: bicubic squash-resize, /255, (x - mean) / std."""
@@ -299,6 +240,23 @@ class LlavaTango(TangoVideoLM):
         maps = saliency.view(n, 1, self.patch_grid, self.patch_grid)
         return self._pool(maps).reshape(n, -1)
 
+    def encode(self, clip: VideoClip, with_saliency: bool, timer: StageTimer) -> VisualTokens:
+        """SigLIP's second-to-last layer, the projector, per-frame pooling; saliency from SigLIP's head."""
+        with timer("preprocess"):
+            pixels = self.preprocess(clip.frames)
+        with timer("vit"):
+            hidden = self.vision_hidden_states(pixels)  # (N, P, Dv)
+            head_out = None
+            if with_saliency:
+                head_out = self._get_saliency_head()(hidden, with_pooled=self.tango.segmenter == "fastvid")
+        with timer("project"):
+            features, grid = self.pool_features(self.model.model.multi_modal_projector(hidden))
+            saliency = self.pool_saliency(head_out.attention) if head_out is not None else None
+            timestamps = torch.as_tensor(np.asarray(clip.timestamps, dtype=np.float32), device=self.device)
+        return VisualTokens(features, saliency, grid, timestamps, head_out.pooled if head_out is not None else None)
+
+    # -- prompt with the video -----------------------------------------------------------------
+
     def video_layout(self, keep_index: torch.Tensor, kept: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         """Kept tokens (K, D) at sorted flat indices (K,) -> the video's embedding sequence (V, D).
 
@@ -318,65 +276,28 @@ class LlavaTango(TangoVideoLM):
         out[token_slot[row_end] + 1] = newline
         return out
 
-    # ------------------------------------------------------------------ prepare
-
-    @torch.no_grad()
-    def prepare_inputs(self, video: VideoSource, question: str) -> LlavaInputs:
-        """Sample the video, run the vision side and Tango, and splice the video into the prompt."""
-        stats = TangoStats()
-        start = time.perf_counter()
-        clip = to_clip(video, num_frames=self.num_frames)
-        pixels = self.preprocess(clip.frames)
-        self._sync()
-        stats.times_ms["load"] = (time.perf_counter() - start) * 1000.0
-
-        start = time.perf_counter()
-        hidden = self.vision_hidden_states(pixels)  # (N, P, Dv)
-        head_out = None
-        if self.prunes:
-            fastvid = self.tango.segmenter == "fastvid"
-            head_out = self._get_saliency_head()(hidden, with_pooled=fastvid)
-        self._sync()
-        stats.times_ms["vit"] = (time.perf_counter() - start) * 1000.0
-
-        start = time.perf_counter()
-        projected = self.model.model.multi_modal_projector(hidden)  # (N, P, D)
-        features, grid = self.pool_features(projected)
-        num_frames, per_frame, dim = features.shape
-        if head_out is not None:
-            saliency = self.pool_saliency(head_out.attention)
-            timestamps = torch.as_tensor(np.asarray(clip.timestamps, dtype=np.float32), device=self.device)
-            result = tango_prune(
-                features, saliency, grid, timestamps=timestamps, config=self.tango, global_features=head_out.pooled
-            )
-            keep_index, kept = result.keep_index.to(self.device), result.kept_features.to(features.dtype)
-            stats.segments = result.segments
-        else:
-            keep_index = torch.arange(num_frames * per_frame, device=self.device)
-            kept = features.reshape(num_frames * per_frame, dim)
-        video_embeds = self.video_layout(keep_index, kept, grid)
-
+    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip) -> LlavaInputs:
+        """``[prompt before <image>] [video tokens + newlines] [prompt after <image>]`` as embeddings."""
+        video_embeds = self.video_layout(kept.keep_index, kept.features.to(visual.features.dtype), visual.grid)
         before, after = self.prompt_parts(question, clip)
         embed = self.model.get_input_embeddings()
         pre_ids, post_ids = self._tokenize(before), self._tokenize(after)
         inputs_embeds = torch.cat([embed(pre_ids), video_embeds.to(self.dtype), embed(post_ids)], dim=0)[None]
-        self._sync()
-        stats.times_ms["prune"] = (time.perf_counter() - start) * 1000.0
-
-        stats.num_frames = num_frames
-        stats.visual_tokens_before = num_frames * per_frame
-        stats.visual_tokens_after = int(video_embeds.shape[0])
         return LlavaInputs(
             inputs_embeds=inputs_embeds,
             visual_start=int(pre_ids.numel()),
             visual_length=int(video_embeds.shape[0]),
-            keep_index=keep_index,
-            grid=grid,
+            kept=kept,
             clip=clip,
-            stats=stats,
+            stats=TangoStats(visual_tokens_after=int(video_embeds.shape[0])),
+            grid=visual.grid,
         )
 
-    # ------------------------------------------------------------------ language model
+    def prepare_inputs(self, video: VideoSource, question: str) -> LlavaInputs:
+        """Sample the video, run the vision side and Tango, and splice the video into the prompt."""
+        return self.prepare(video, question)
+
+    # -- language model ------------------------------------------------------------------------
 
     def _runner(self):
         """The intra-LLM runner over the model's Qwen2 language model."""
@@ -385,73 +306,43 @@ class LlavaTango(TangoVideoLM):
         return IntraLLMQwen2Runner(
             self.model.model.language_model,
             prune_layer=self.intra_llm_layer,
-            keep_ratio=self.intra_llm_keep_ratio,
-            merge_weight=self.intra_llm_merge_weight,
-            reference_bidirectional_bug=self.intra_llm_reference_bug,
+            keep_ratio=self.intra_llm.keep_ratio,
+            merge_weight=self.intra_llm.merge_weight,
+            reference_bidirectional_bug=self.intra_llm.reference_bidirectional_bug,
         )
 
-    @torch.no_grad()
-    def prefill(self, inputs: LlavaInputs):
-        """Run the prompt through the LLM. Returns (last hidden (1, D) after the final norm, state, runner)."""
-        start = time.perf_counter()
+    def start(self, prefill: Prefill) -> Tuple[torch.Tensor, Any]:
+        """Run the prompt (LLaVA-Video pruning again at layer K); logits (1, V) and the cache."""
         if self.uses_intra_llm:
             runner = self._runner()
-            visual_end = inputs.visual_start + inputs.visual_length
-            hidden, state = runner.prefill(inputs.inputs_embeds, None, inputs.visual_start, visual_end)
-            inputs.stats.visual_tokens_after_intra_llm = int(state.num_visual_kept)
-        else:
-            runner = None
-            output = self.model.model.language_model(inputs_embeds=inputs.inputs_embeds, use_cache=True)
-            hidden, state = output.last_hidden_state, output.past_key_values
-        self._sync()
-        inputs.stats.times_ms["prefill"] = (time.perf_counter() - start) * 1000.0
-        return hidden[:, -1], state, runner
+            visual_end = prefill.visual_start + prefill.visual_length
+            hidden, cache = runner.prefill(prefill.inputs_embeds, None, prefill.visual_start, visual_end)
+            prefill.stats.visual_tokens_after_intra_llm = int(cache.num_visual_kept)
+            return self.model.lm_head(hidden[:, -1]), (runner, cache)
+        output = self.model.model.language_model(inputs_embeds=prefill.inputs_embeds, use_cache=True)
+        return self.model.lm_head(output.last_hidden_state[:, -1]), (None, output.past_key_values)
 
-    @torch.no_grad()
-    def _decode_step(self, token: torch.Tensor, state, runner):
-        """Feed one token (1,) -> (hidden (1, D), state)."""
+    def step(self, token: torch.Tensor, state: Any, n: int) -> Tuple[torch.Tensor, Any]:
+        """Feed one token (1,) through the cached language model."""
+        runner, cache = state
         token_embeds = self.model.get_input_embeddings()(token[:, None])  # (1, 1, D)
         if runner is not None:
-            hidden, state = runner.decode_step(token_embeds, state)
+            hidden, cache = runner.decode_step(token_embeds, cache)
         else:
-            output = self.model.model.language_model(inputs_embeds=token_embeds, past_key_values=state, use_cache=True)
-            hidden, state = output.last_hidden_state, output.past_key_values
-        return hidden[:, -1], state
+            output = self.model.model.language_model(inputs_embeds=token_embeds, past_key_values=cache, use_cache=True)
+            hidden, cache = output.last_hidden_state, output.past_key_values
+        return self.model.lm_head(hidden[:, -1]), (runner, cache)
 
-    @torch.no_grad()
-    def first_token_logits(self, video: VideoSource, question: str) -> torch.Tensor:
-        """Logits (vocab,) float32 of the first answer token."""
-        inputs = self.prepare_inputs(video, question)
-        hidden, _, _ = self.prefill(inputs)
-        return self.model.lm_head(hidden)[0].float()
 
-    @torch.no_grad()
-    def generate_from_inputs(self, inputs: LlavaInputs, max_new_tokens: int = 16) -> TangoGeneration:
-        """Greedy decoding from prepared inputs; stops after ``<|im_end|>`` / eos (included in token_ids)."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-        hidden, state, runner = self.prefill(inputs)
-        start = time.perf_counter()
-        stop = torch.tensor(self.stop_token_ids, device=self.device, dtype=torch.long)
-        tokens: List[torch.Tensor] = []
-        for step in range(max_new_tokens):
-            token = self.model.lm_head(hidden).argmax(dim=-1)  # (1,)
-            tokens.append(token)
-            if step == max_new_tokens - 1 or bool(torch.isin(token, stop).item()):
-                break
-            hidden, state = self._decode_step(token, state, runner)
-        self._sync()
-        inputs.stats.times_ms["decode"] = (time.perf_counter() - start) * 1000.0
-        token_ids = torch.cat(tokens).cpu()
-        text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True).strip()
-        return TangoGeneration(text=text, token_ids=token_ids, stats=inputs.stats)
-
-    @answer_without_autograd
-    def generate(self, video: VideoSource, question: str, max_new_tokens: int = 16, **kwargs) -> TangoGeneration:
-        """Answer ``question`` about ``video`` greedily (at most ``max_new_tokens`` tokens)."""
-        if kwargs:
-            raise TypeError(f"Unexpected arguments for LlavaTango.generate: {sorted(kwargs)}.")
-        return self.generate_from_inputs(self.prepare_inputs(video, question), max_new_tokens)
+def _stop_tokens(tokenizer) -> List[int]:
+    """Token ids that end generation: ``<|im_end|>`` and the tokenizer's eos."""
+    ids = set()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
 
 
 def detect_llava_family(config, path: str = "") -> str:

@@ -10,13 +10,15 @@ import torch
 
 from ..config import TangoConfig
 from .base import TangoVideoLM
+from .families import FAMILIES, families_of_model_type, get_family
 
-# model_type in config.json -> families it can be.
-SUPPORTED_ARCHITECTURES: Dict[str, Tuple[str, ...]] = {
-    "llava_onevision": ("llava_onevision", "llava_video"),
-    "qwen2_5_vl": ("qwen2_5_vl",),
-}
-FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video", "qwen2_5_vl")
+
+def supported_architectures() -> Dict[str, Tuple[str, ...]]:
+    """model_type in config.json -> the families it can be."""
+    types: Dict[str, Tuple[str, ...]] = {}
+    for family in FAMILIES.values():
+        types[family.model_type] = types.get(family.model_type, ()) + (family.name,)
+    return types
 
 
 def read_model_type(path: str) -> Tuple[str, object]:
@@ -32,7 +34,7 @@ def read_model_type(path: str) -> Tuple[str, object]:
         with open(config_file) as handle:
             raw = json.load(handle)
         model_type = str(raw.get("model_type", ""))
-        if model_type not in SUPPORTED_ARCHITECTURES:
+        if not families_of_model_type(model_type):
             raise ValueError(_unsupported(model_type, raw.get("architectures")))
     elif os.path.exists(path):
         raise ValueError(f"{path!r} is a file; pass the checkpoint directory (holding config.json) or a hub id.")
@@ -40,14 +42,14 @@ def read_model_type(path: str) -> Tuple[str, object]:
 
     config = AutoConfig.from_pretrained(path)
     model_type = str(getattr(config, "model_type", ""))
-    if model_type not in SUPPORTED_ARCHITECTURES:
+    if not families_of_model_type(model_type):
         raise ValueError(_unsupported(model_type, getattr(config, "architectures", None)))
     return model_type, config
 
 
 def _unsupported(model_type: str, architectures: object) -> str:
     """Message for an architecture Tango has no adapter for."""
-    supported = ", ".join(f"{k} ({'/'.join(v)})" for k, v in SUPPORTED_ARCHITECTURES.items())
+    supported = ", ".join(f"{k} ({'/'.join(v)})" for k, v in supported_architectures().items())
     return (
         f"Unsupported architecture: model_type={model_type!r} (architectures={architectures!r}). "
         f"Tango supports model types {supported}: LLaVA-OneVision and LLaVA-Video in the llava-hf "
@@ -62,42 +64,24 @@ def load_tango_model(
     device: Optional[Union[str, torch.device]] = None,
     attn_implementation: Optional[str] = None,
     family: Optional[str] = None,
-    siglip_path: Optional[str] = None,
     **kwargs,
 ) -> TangoVideoLM:
     """Load the checkpoint at ``path`` with Tango attached (``tango=None``: unmodified model).
 
-    The family comes from the config: model_type ``qwen2_5_vl`` -> Qwen2.5-VL; ``llava_onevision``
-    -> LLaVA-Video when ``family="llava_video"``, the config's ``tango_family`` key or the path says
-    so, else LLaVA-OneVision. ``siglip_path`` (LLaVA only): checkpoint of SigLIP's attention-pooling
-    head. Extra keyword arguments go to the family's adapter (e.g. ``num_frames``).
+    The family comes from the config's model_type (:mod:`~tango_core.models.families`); where
+    several families share one (LLaVA-OneVision and LLaVA-Video), ``family`` or the adapter's own
+    detection decides (the config's ``tango_family`` key, else the path). Extra keyword arguments
+    go to the family's adapter (``num_frames``, ``siglip_path``, ``intra_llm``, ...).
     """
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"Unknown family {family!r}; choose one of {FAMILIES}.")
+        raise ValueError(f"Unknown family {family!r}; choose one of {tuple(FAMILIES)}.")
     model_type, config = read_model_type(path)
-    if family is not None and family not in SUPPORTED_ARCHITECTURES[model_type]:
+    candidates = families_of_model_type(model_type)
+    if family is not None and family not in candidates:
         raise ValueError(
-            f"family={family!r} does not match the checkpoint's model_type {model_type!r} "
-            f"(which can be {SUPPORTED_ARCHITECTURES[model_type]})."
+            f"family={family!r} does not match the checkpoint's model_type {model_type!r} (which can be {candidates})."
         )
-    if model_type == "qwen2_5_vl":
-        if siglip_path is not None:
-            raise ValueError("siglip_path applies to the LLaVA families only; Qwen2.5-VL takes saliency from its own ViT.")
-        from .qwen2_5_vl import Qwen25VLTango
-
-        return Qwen25VLTango.from_pretrained(
-            path, tango=tango, dtype=dtype, device=device, attn_implementation=attn_implementation, **kwargs
-        )
-    from .llava import LlavaTango, detect_llava_family
-
-    return LlavaTango.from_pretrained(
-        path,
-        tango=tango,
-        family=family or detect_llava_family(config, path),
-        dtype=dtype,
-        device=device,
-        attn_implementation=attn_implementation,
-        siglip_path=siglip_path,
-        config=config,
-        **kwargs,
-    )
+    adapter = get_family(family or candidates[0]).adapter_class()
+    if len(candidates) > 1:  # the checkpoint alone does not say which family: tell the adapter
+        kwargs.update(family=family or adapter.detect_family(config, path), config=config)
+    return adapter.from_pretrained(path, tango=tango, dtype=dtype, device=device, attn_implementation=attn_implementation, **kwargs)

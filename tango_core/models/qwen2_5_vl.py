@@ -17,9 +17,9 @@ Pipeline of one call:
    from embeddings, position ids and attention mask; decoding continues from the full sequence's
    positions (its ``rope_deltas``).
 
-Generation is plain greedy (argmax, repetition penalty 1.0) in both paths: ``tango=None`` calls the
-model's own ``generate`` with sampling and penalties switched off; with Tango a KV-cached greedy
-loop runs over the pruned prefill. At ``retention_ratio=1.0`` both give identical logits and tokens.
+Decoding is the shared greedy decoder (:mod:`tango_core.models.base`), from the full
+sequence's positions. At ``retention_ratio=1.0`` (or ``tango=None``) no saliency is computed and
+nothing is dropped: logits and tokens equal the unmodified model's ``forward`` and ``generate``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ import importlib.util
 import json
 import math
 import os
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from .base import TangoGeneration, TangoStats, TangoVideoLM, VideoClip, VideoSource, answer_without_autograd
+from .base import KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from .video import check_frames, probe_video, read_frames
 
 # qwen-vl-utils' video constants (fetch_video / smart_nframes).
@@ -311,7 +310,7 @@ class _SaliencyProbe:
 
 @dataclass
 class QwenVideoInputs:
-    """Processor-equivalent inputs for one (video, question) pair.
+    """Processor-equivalent inputs for one (video, question) pair (what the unmodified model takes).
 
     input_ids / attention_mask / mm_token_type_ids: (1, S); pixel_values_videos: (P, C*2*14*14)
     float32; video_grid_thw: (1, 3); second_per_grid_ts: (1,) always 1.0; clip: the sampled frames.
@@ -338,50 +337,37 @@ class QwenVideoInputs:
 
 
 @dataclass
-class QwenPrefill:
+class QwenPrefill(Prefill):
     """The (possibly pruned) LLM input of one call.
 
-    inputs_embeds: (1, S', D); position_ids: (3, 1, S') original M-RoPE ids of the kept tokens;
-    attention_mask: (1, S'); full_length: S of the unpruned sequence; rope_deltas: (1, 1) of the
-    full sequence. features (grid_t, L, D) and saliency (grid_t, L) are Tango's inputs,
-    timestamps (grid_t,) seconds, grid (h/2, w/2); keep_index (K,) the kept flat video tokens;
-    video_positions (Nv,) where the video tokens sit in the full sequence.
+    position_ids: (3, 1, S') original M-RoPE ids of the kept tokens; attention_mask: (1, S');
+    full_length: S of the unpruned sequence; rope_deltas: (1, 1) of the full sequence;
+    video_positions: (Nv,) where the video tokens sit in the full sequence; visual: Tango's inputs
+    (features (grid_t, L, D), saliency (grid_t, L), timestamps of the temporal patches, grid).
     """
 
-    inputs_embeds: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    full_length: int
-    rope_deltas: torch.Tensor
-    features: torch.Tensor
-    saliency: Optional[torch.Tensor]
-    timestamps: torch.Tensor
-    grid: Tuple[int, int]
-    keep_index: torch.Tensor
-    video_positions: torch.Tensor
-    stats: TangoStats = field(default_factory=TangoStats)
+    position_ids: Optional[torch.Tensor] = None
+    attention_mask: Optional[torch.Tensor] = None
+    full_length: int = 0
+    rope_deltas: Optional[torch.Tensor] = None
+    video_positions: Optional[torch.Tensor] = None
+    visual: Optional[VisualTokens] = None
 
+    @property
+    def features(self) -> torch.Tensor:
+        return self.visual.features
 
-class _Timer:
-    """Wall-clock stage timer that synchronises CUDA around each stage."""
+    @property
+    def saliency(self) -> Optional[torch.Tensor]:
+        return self.visual.saliency
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.times_ms: Dict[str, float] = {}
+    @property
+    def timestamps(self) -> torch.Tensor:
+        return self.visual.timestamps
 
-    def _sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        self._sync()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._sync()
-            self.times_ms[name] = self.times_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return self.visual.grid
 
 
 def _flash_attn_available() -> bool:
@@ -436,9 +422,12 @@ class Qwen25VLTango(TangoVideoLM):
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
     ) -> None:
-        super().__init__(tango)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        eos_ids = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+        super().__init__(model, tokenizer, tango, stop_token_ids=eos_ids)
+        self.eos_token_ids = eos_ids
         self.chat_template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not self.chat_template:
             raise ValueError("No chat template: pass chat_template= or use a tokenizer that carries one.")
@@ -458,12 +447,6 @@ class Qwen25VLTango(TangoVideoLM):
         self.processor_max_pixels = int(processor_max_pixels)
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self.eos_token_ids: Tuple[int, ...] = tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
-        pad = model.generation_config.pad_token_id
-        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -491,6 +474,8 @@ class Qwen25VLTango(TangoVideoLM):
             "video_max_pixels", "video_total_pixels", "processor_min_pixels", "processor_max_pixels",
             "image_mean", "image_std",
         )
+        if "siglip_path" in kw:
+            raise ValueError("siglip_path applies to the LLaVA families only; Qwen2.5-VL takes saliency from its own ViT.")
         options = {name: kw.pop(name) for name in option_names if name in kw}
         target = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
@@ -516,10 +501,6 @@ class Qwen25VLTango(TangoVideoLM):
         options.setdefault("image_std", processor.get("image_std", CLIP_STD))
         return cls(model, tokenizer, tango, **options)
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.model.language_model.embed_tokens.weight.device
-
     # -- video and prompt ----------------------------------------------------------------------
 
     def load_clip(self, video: VideoSource, num_frames: Optional[int] = None) -> VideoClip:
@@ -536,10 +517,10 @@ class Qwen25VLTango(TangoVideoLM):
             count = qwen_num_frames(total, rate, wanted, self.fps, self.min_frames, self.max_frames)
             indices = qwen_frame_indices(total, count)
             frames = read_frames(path, indices)
-            clip = VideoClip(frames, indices.astype(np.float64) / rate, indices, rate, total)
+            clip = VideoClip(frames, indices.astype(np.float64) / rate, indices, rate, total, source=path)
         elif isinstance(video, VideoClip):
             clip = VideoClip(check_frames(video.frames), np.asarray(video.timestamps, dtype=np.float64),
-                             np.asarray(video.frame_indices), video.source_fps, video.num_source_frames)
+                             np.asarray(video.frame_indices), video.source_fps, video.num_source_frames, video.source)
         else:
             if isinstance(video, (list, tuple)):
                 if len(video) == 0:
@@ -553,7 +534,7 @@ class Qwen25VLTango(TangoVideoLM):
             last = np.full(pad, clip.frames.shape[0] - 1)
             keep = np.concatenate([np.arange(clip.frames.shape[0]), last])
             clip = VideoClip(clip.frames[keep], np.asarray(clip.timestamps)[keep], np.asarray(clip.frame_indices)[keep],
-                             clip.source_fps, clip.num_source_frames)
+                             clip.source_fps, clip.num_source_frames, clip.source)
         return clip
 
     def pixel_values(self, clip: VideoClip) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -588,104 +569,97 @@ class Qwen25VLTango(TangoVideoLM):
         counts = torch.where(is_video, num_video_tokens, 1)
         return ids.repeat_interleave(counts).unsqueeze(0).to(self.device)
 
+    def _text_inputs(self, question: str, grid_thw: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """input_ids, attention_mask, mm_token_type_ids, second_per_grid_ts for a video of ``grid_thw``."""
+        input_ids = self.prompt_ids(question, int(grid_thw.prod()) // (self.merge_size ** 2))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": (input_ids == self.video_token_id).to(torch.int32) * 2,
+            "second_per_grid_ts": torch.ones(1, device=self.device),
+        }
+
     def prepare_inputs(self, video: VideoSource, question: str, num_frames: Optional[int] = None) -> QwenVideoInputs:
-        """Frames, pixel rows and prompt of one call (what the processor would return)."""
+        """Frames, pixel rows and prompt of one call: what the processor would give the unmodified model."""
         clip = self.load_clip(video, num_frames)
         pixels, grid_thw = self.pixel_values(clip)
-        num_video_tokens = int(grid_thw.prod()) // (self.merge_size ** 2)
-        input_ids = self.prompt_ids(question, num_video_tokens)
-        mm_types = (input_ids == self.video_token_id).to(torch.int32) * 2
-        return QwenVideoInputs(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            mm_token_type_ids=mm_types,
-            pixel_values_videos=pixels,
-            video_grid_thw=grid_thw,
-            second_per_grid_ts=torch.ones(1, device=self.device),
-            clip=clip,
-        )
+        return QwenVideoInputs(pixel_values_videos=pixels, video_grid_thw=grid_thw, clip=clip,
+                               **self._text_inputs(question, grid_thw))
 
-    # -- Tango prefill ---------------------------------------------------------------------------
+    # -- vision --------------------------------------------------------------------------------
 
-    def encode_video(self, inputs: QwenVideoInputs, with_saliency: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def encode_video(self, pixels: torch.Tensor, grid_thw: torch.Tensor, with_saliency: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Video embeddings (Nv, D) after the merger in LLM order and, if asked, saliency (grid_t, L)."""
         core = self.model.model
         if not with_saliency:
-            out = core.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw)
-            return torch.cat(out.pooler_output, dim=0), None
-        probe = _SaliencyProbe(core.visual, inputs.video_grid_thw)
+            return torch.cat(core.get_video_features(pixels, grid_thw).pooler_output, dim=0), None
+        probe = _SaliencyProbe(core.visual, grid_thw)
         with probe.attached():
-            out = core.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw)
+            out = core.get_video_features(pixels, grid_thw)
         if probe.saliency is None:
             raise RuntimeError("The saliency hooks did not fire; is the ViT's last block bypassed?")
         return torch.cat(out.pooler_output, dim=0), probe.saliency
 
-    @torch.no_grad()
-    def prepare_prefill(self, inputs: QwenVideoInputs, tango: Optional[TangoConfig]) -> QwenPrefill:
-        """Embeddings, positions and mask the LLM sees, pruned by ``tango`` (None: unpruned)."""
-        from ..prune import tango_prune
-
-        timer = _Timer(self.device)
-        core = self.model.model
-        with timer.stage("vit"):
-            video_embeds, saliency = self.encode_video(inputs, with_saliency=tango is not None)
-        grid_t, grid_h, grid_w = (int(v) for v in inputs.video_grid_thw[0])
-        grid = (grid_h // self.merge_size, grid_w // self.merge_size)
-        with timer.stage("prune"):
-            embeds = core.get_input_embeddings()(inputs.input_ids)
-            video_embeds = video_embeds.to(embeds.device, embeds.dtype)
-            video_positions = (inputs.input_ids[0] == self.video_token_id).nonzero().squeeze(1)
-            embeds[0, video_positions] = video_embeds
-            position_ids, rope_deltas = core.get_rope_index(
-                inputs.input_ids,
-                mm_token_type_ids=inputs.mm_token_type_ids,
-                video_grid_thw=inputs.video_grid_thw,
-                second_per_grid_ts=inputs.second_per_grid_ts,
-                attention_mask=inputs.attention_mask,
-            )
+    def encode(self, clip: VideoClip, with_saliency: bool, timer: StageTimer) -> VisualTokens:
+        """The ViT and its merger (features per temporal patch); saliency from the last ViT block."""
+        with timer("preprocess"):
+            pixels, grid_thw = self.pixel_values(clip)
+        with timer("vit"):
+            video_embeds, saliency = self.encode_video(pixels, grid_thw, with_saliency)
+        with timer("project"):
+            grid_t, grid_h, grid_w = (int(v) for v in grid_thw[0])
+            grid = (grid_h // self.merge_size, grid_w // self.merge_size)
             features = video_embeds.reshape(grid_t, grid[0] * grid[1], -1)
-            times = torch.from_numpy(patch_timestamps(np.asarray(inputs.clip.timestamps), grid_t)).to(self.device)
-            full_length = int(inputs.input_ids.shape[1])
-            attention_mask = inputs.attention_mask
-            keep_index = torch.arange(video_positions.numel(), device=self.device)
-            segments = None
-            if tango is not None:
-                result = tango_prune(features, saliency, grid, times, tango, None)
-                keep_index, segments = result.keep_index.to(self.device), result.segments
-                embeds[0, video_positions[keep_index]] = result.kept_features.to(embeds.device, embeds.dtype)
-                keep = torch.ones(full_length, dtype=torch.bool, device=self.device)
-                keep[video_positions] = False
-                keep[video_positions[keep_index]] = True
-                embeds = embeds[:, keep]
-                position_ids = position_ids[:, :, keep]
-                attention_mask = attention_mask[:, keep]
-        stats = TangoStats(
-            visual_tokens_before=int(video_positions.numel()),
-            visual_tokens_after=int(keep_index.numel()),
-            num_frames=int(inputs.clip.frames.shape[0]),
-            times_ms=dict(timer.times_ms),
-            segments=segments,
+            times = torch.from_numpy(patch_timestamps(np.asarray(clip.timestamps), grid_t)).to(self.device)
+        return VisualTokens(features, saliency, grid, times)
+
+    # -- prompt with the video -----------------------------------------------------------------
+
+    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip) -> QwenPrefill:
+        """M-RoPE ids of the full sequence first, then the pruned video tokens dropped from the
+        embeddings, positions and mask (``rope_deltas`` of the full sequence kept)."""
+        core = self.model.model
+        num_frames, per_frame, _ = visual.features.shape
+        grid_thw = torch.tensor([[num_frames, visual.grid[0] * self.merge_size, visual.grid[1] * self.merge_size]],
+                                dtype=torch.long, device=self.device)
+        text = self._text_inputs(question, grid_thw)
+        input_ids = text["input_ids"]
+        embeds = core.get_input_embeddings()(input_ids)
+        video_embeds = visual.features.reshape(num_frames * per_frame, -1).to(embeds.device, embeds.dtype)
+        _, video_mask = core.get_placeholder_mask(input_ids, inputs_embeds=embeds, video_features=video_embeds)
+        embeds = embeds.masked_scatter(video_mask, video_embeds)
+        position_ids, rope_deltas = core.get_rope_index(
+            input_ids,
+            mm_token_type_ids=text["mm_token_type_ids"],
+            video_grid_thw=grid_thw,
+            second_per_grid_ts=text["second_per_grid_ts"],
+            attention_mask=text["attention_mask"],
         )
+        video_positions = (input_ids[0] == self.video_token_id).nonzero().squeeze(1)
+        full_length = int(input_ids.shape[1])
+        attention_mask = text["attention_mask"]
+        if kept.segments is not None:  # pruned: kept features in place, the rest dropped
+            embeds[0, video_positions[kept.keep_index]] = kept.features.to(embeds.device, embeds.dtype)
+            keep = torch.ones(full_length, dtype=torch.bool, device=self.device)
+            keep[video_positions] = False
+            keep[video_positions[kept.keep_index]] = True
+            embeds, position_ids, attention_mask = embeds[:, keep], position_ids[:, :, keep], attention_mask[:, keep]
         return QwenPrefill(
             inputs_embeds=embeds,
+            visual_start=int(video_positions[0]),
+            visual_length=int(kept.keep_index.numel()),
+            kept=kept,
+            clip=clip,
+            stats=TangoStats(visual_tokens_after=int(kept.keep_index.numel())),
             position_ids=position_ids,
             attention_mask=attention_mask,
             full_length=full_length,
             rope_deltas=rope_deltas,
-            features=features,
-            saliency=saliency,
-            timestamps=times,
-            grid=grid,
-            keep_index=keep_index,
             video_positions=video_positions,
-            stats=stats,
+            visual=visual,
         )
 
-    def prepare(self, video: VideoSource, question: str, num_frames: Optional[int] = None) -> QwenPrefill:
-        """``prepare_inputs`` then ``prepare_prefill`` with this adapter's Tango configuration."""
-        if self.tango is None:
-            raise ValueError("prepare() builds Tango's pruned prefill; this adapter has tango=None.")
-        return self.prepare_prefill(self.prepare_inputs(video, question, num_frames), self.tango)
+    # -- language model ------------------------------------------------------------------------
 
     def decode_positions(self, prefill: QwenPrefill, step: int, count: int = 1) -> torch.Tensor:
         """M-RoPE ids (3, 1, count) of generated tokens ``step .. step+count-1`` (0: the first one)."""
@@ -693,141 +667,27 @@ class Qwen25VLTango(TangoVideoLM):
         pos = torch.arange(base, base + count, device=self.device)
         return pos.view(1, 1, -1).expand(3, 1, -1)
 
-    @torch.no_grad()
-    def greedy_decode(self, prefill: QwenPrefill, max_new_tokens: int) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, float]]:
-        """Prefill then greedy decoding with a KV cache.
-
-        Returns generated ids (n,), the logits of every step (n, vocab) float32 on CPU, and stage
-        times ("prefill", "decode") in ms. Stops after an end-of-sequence id or ``max_new_tokens``.
-        """
-        timer = _Timer(self.device)
-        with timer.stage("prefill"):
-            out = self.model(
-                inputs_embeds=prefill.inputs_embeds,
-                position_ids=prefill.position_ids,
-                attention_mask=prefill.attention_mask,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        step_logits = [out.logits[0, -1].float()]
-        cache = out.past_key_values
-        mask = prefill.attention_mask
-        token = int(step_logits[0].argmax())
-        generated = [token]
-        with timer.stage("decode"):
-            for step in range(1, max_new_tokens):
-                if token in self.eos_token_ids:
-                    break
-                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                out = self.model(
-                    input_ids=torch.tensor([[token]], device=self.device),
-                    position_ids=self.decode_positions(prefill, step - 1),
-                    attention_mask=mask,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                cache = out.past_key_values
-                step_logits.append(out.logits[0, -1].float())
-                token = int(step_logits[-1].argmax())
-                generated.append(token)
-        logits = torch.stack(step_logits).cpu()
-        return torch.tensor(generated, dtype=torch.long), logits, dict(timer.times_ms)
-
-    # -- unmodified model ------------------------------------------------------------------------
-
-    @contextmanager
-    def _vanilla_timing(self, timer_ms: Dict[str, float]) -> Iterator[None]:
-        """Hooks timing the ViT and the first (prefill) forward of the unmodified model."""
-        cuda = self.device.type == "cuda"
-        marks: Dict[str, float] = {}
-
-        def now() -> float:
-            if cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter()
-
-        def vit_pre(module, args, kwargs):
-            marks["vit_start"] = now()
-
-        def vit_post(module, args, kwargs, output):
-            timer_ms["vit"] = timer_ms.get("vit", 0.0) + (now() - marks["vit_start"]) * 1e3
-
-        def top_pre(module, args, kwargs):
-            marks["call_start"] = now()
-
-        def top_post(module, args, kwargs, output):
-            elapsed = (now() - marks["call_start"]) * 1e3
-            if "prefill" not in timer_ms:
-                timer_ms["prefill"] = elapsed - timer_ms.get("vit", 0.0)
-            else:
-                timer_ms["decode"] = timer_ms.get("decode", 0.0) + elapsed
-
-        visual = self.model.model.visual
-        handles = [
-            visual.register_forward_pre_hook(vit_pre, with_kwargs=True),
-            visual.register_forward_hook(vit_post, with_kwargs=True),
-            self.model.register_forward_pre_hook(top_pre, with_kwargs=True),
-            self.model.register_forward_hook(top_post, with_kwargs=True),
-        ]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    # -- TangoVideoLM ----------------------------------------------------------------------------
-
-    @answer_without_autograd
-    def generate(self, video: VideoSource, question: str, max_new_tokens: int = 16, **kwargs: Any) -> TangoGeneration:
-        """Greedy answer. kwargs: ``num_frames`` (a dataset's nframe) overrides the frame count."""
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-        loading = _Timer(self.device)
-        with loading.stage("load"):  # frame decoding and preprocessing, as the LLaVA adapter reports
-            inputs = self.prepare_inputs(video, question, kwargs.pop("num_frames", None))
-        if kwargs:
-            raise TypeError(f"Unexpected arguments {sorted(kwargs)}.")
-        if self.tango is None:
-            times: Dict[str, float] = {}
-            with self._vanilla_timing(times):
-                sequences = self.model.generate(
-                    **inputs.model_kwargs(),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
-                    repetition_penalty=1.0,
-                    eos_token_id=list(self.eos_token_ids),
-                    pad_token_id=self.pad_token_id,
-                )
-            token_ids = sequences[0, inputs.input_ids.shape[1]:].cpu()
-            num_video = int((inputs.input_ids == self.video_token_id).sum())
-            stats = TangoStats(num_video, num_video, None, int(inputs.clip.frames.shape[0]), times)
-        else:
-            prefill = self.prepare_prefill(inputs, self.tango)
-            token_ids, _, times = self.greedy_decode(prefill, max_new_tokens)
-            stats = prefill.stats
-            stats.times_ms.update(times)
-        stats.times_ms.update(loading.times_ms)
-        text = self.tokenizer.decode(token_ids.tolist(), skip_special_tokens=True)
-        return TangoGeneration(text=text, token_ids=token_ids, stats=stats)
-
-    @torch.no_grad()
-    def first_token_logits(self, video: VideoSource, question: str, **kwargs: Any) -> torch.Tensor:
-        """Logits (vocab,) float32 on CPU of the first generated token."""
-        inputs = self.prepare_inputs(video, question, kwargs.pop("num_frames", None))
-        if self.tango is None:
-            out = self.model(**inputs.model_kwargs(), logits_to_keep=1)
-            return out.logits[0, -1].float().cpu()
-        prefill = self.prepare_prefill(inputs, self.tango)
+    def start(self, prefill: QwenPrefill) -> Tuple[torch.Tensor, Any]:
+        """Run the (pruned) prompt with its original M-RoPE positions."""
         out = self.model(
             inputs_embeds=prefill.inputs_embeds,
             position_ids=prefill.position_ids,
             attention_mask=prefill.attention_mask,
-            use_cache=False,
+            use_cache=True,
             logits_to_keep=1,
         )
-        return out.logits[0, -1].float().cpu()
+        return out.logits[:, -1], (prefill, out.past_key_values, prefill.attention_mask)
+
+    def step(self, token: torch.Tensor, state: Any, n: int) -> Tuple[torch.Tensor, Any]:
+        """Feed generated token ``n`` at position S + n + rope_deltas (the unpruned sequence's)."""
+        prefill, cache, mask = state
+        mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+        out = self.model(
+            input_ids=token.view(1, 1),
+            position_ids=self.decode_positions(prefill, n),
+            attention_mask=mask,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1], (prefill, out.past_key_values, mask)

@@ -16,7 +16,7 @@ eager, flash and flex attention all get the mask format they expect). Batch size
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +64,8 @@ class IntraLLMCache:
 
 
 class IntraLLMQwen2Runner:
-    """Prefill / decode / greedy generation of a ``Qwen2Model`` with FastV-style pruning at layer K.
+    """Prefill and decoding steps of a ``Qwen2Model`` with FastV-style pruning at layer K (decode
+    greedily with :func:`tango_core.models.base.greedy_decode`).
 
     language_model: a transformers ``Qwen2Model`` (e.g. ``LlavaOnevisionForConditionalGeneration
         .model.language_model``); its weights are used, never changed.
@@ -259,37 +260,3 @@ class IntraLLMQwen2Runner:
         hidden = self._run_layers(hidden, range(k_layer, self.num_layers), high, rope, kv)
         cache.next_position += 1
         return self.model.norm(hidden), cache
-
-    @torch.no_grad()
-    def generate(
-        self,
-        inputs_embeds: Tensor,
-        visual_start: int,
-        visual_end: int,
-        lm_head: Callable[[Tensor], Tensor],
-        embed_tokens: Callable[[Tensor], Tensor],
-        max_new_tokens: int,
-        eos_token_id: Optional[Union[int, Sequence[int]]],
-    ) -> Tensor:
-        """Greedy decoding. inputs_embeds: (1, S, D). Returns the new token ids (T,) int64, T <= max_new_tokens,
-        ending with the first EOS token if one was produced."""
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}.")
-        device = inputs_embeds.device
-        if max_new_tokens == 0:
-            return torch.empty(0, dtype=torch.long, device=device)
-        if eos_token_id is None:
-            stop = set()
-        elif isinstance(eos_token_id, int):
-            stop = {eos_token_id}
-        else:
-            stop = {int(t) for t in eos_token_id}
-        hidden, cache = self.prefill(inputs_embeds, None, visual_start, visual_end)
-        tokens = []
-        for step in range(max_new_tokens):
-            token = lm_head(hidden[:, -1]).argmax(dim=-1)  # (1,)
-            tokens.append(token)
-            if int(token) in stop or step == max_new_tokens - 1:
-                break
-            hidden, cache = self.decode_step(embed_tokens(token[:, None]), cache)
-        return torch.cat(tokens).to(dtype=torch.long)

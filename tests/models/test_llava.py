@@ -19,7 +19,8 @@ av = pytest.importorskip("av")
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb  # noqa: E402
 
 from tango_core import TangoConfig, tango_prune  # noqa: E402
-from tango_core.models.llava import LlavaInputs, LlavaTango, pre_llm_ratio  # noqa: E402
+from tango_core.intra_llm import IntraLLMConfig  # noqa: E402
+from tango_core.models.llava import LlavaInputs, LlavaTango  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
 from tango_core.models.tiny_llava import save_tiny_llava  # noqa: E402
 from tango_core.models.video import write_video  # noqa: E402
@@ -73,7 +74,7 @@ def onevision(checkpoints) -> LlavaTango:
 # sdpa may drop a causal one (is_causal), so mask mistakes show only under eager.
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def llava_video(checkpoints, request) -> LlavaTango:
-    adapter = load(checkpoints, "llava_video", intra_llm_layer=INTRA_K, attn_implementation=request.param)
+    adapter = load(checkpoints, "llava_video", intra_llm=IntraLLMConfig(layer=INTRA_K), attn_implementation=request.param)
     assert adapter.model.config.text_config._attn_implementation == request.param
     return adapter
 
@@ -138,7 +139,7 @@ def test_llava_video_unpruned_layout_and_r1(llava_video: LlavaTango) -> None:
         vanilla = llava_video.model.lm_head(hidden)[0].float()
     base = llava_video.generate(FRAMES, QUESTION, max_new_tokens=6)
     assert torch.equal(llava_video.first_token_logits(FRAMES, QUESTION), vanilla)
-    full = share(llava_video, TangoConfig(retention_ratio=1.0), intra_llm_layer=INTRA_K)
+    full = share(llava_video, TangoConfig(retention_ratio=1.0), intra_llm=IntraLLMConfig(layer=INTRA_K))
     assert not full.uses_intra_llm
     assert torch.equal(full.first_token_logits(FRAMES, QUESTION), vanilla)
     generation = full.generate(FRAMES, QUESTION, max_new_tokens=6)
@@ -171,7 +172,7 @@ def expected_prune(adapter: LlavaTango, config: TangoConfig):
 def test_pruned_visual_token_count(family: str, onevision: LlavaTango, llava_video: LlavaTango) -> None:
     base = onevision if family == "llava_onevision" else llava_video
     config = TangoConfig(retention_ratio=0.1, sink_positions=(11, 26))
-    adapter = share(base, config, intra_llm=False)
+    adapter = share(base, config, intra_llm=None)
     result, grid = expected_prune(adapter, config)
     keep = result.keep_index
     if family == "llava_onevision":
@@ -317,8 +318,8 @@ def test_layer_loop_reference_is_the_plain_model(llava_video: LlavaTango) -> Non
 
 
 def test_llava_video_intra_llm_matches_slow_reference(llava_video: LlavaTango) -> None:
-    r_pre = round(pre_llm_ratio(0.1, 4, INTRA_K, 0.5), 6)
-    adapter = share(llava_video, TangoConfig(retention_ratio=r_pre, similarity_threshold=0.65), intra_llm_layer=INTRA_K)
+    r_pre = round(IntraLLMConfig(layer=INTRA_K, keep_ratio=0.5).pre_llm_ratio(0.1, 4), 6)
+    adapter = share(llava_video, TangoConfig(retention_ratio=r_pre, similarity_threshold=0.65), intra_llm=IntraLLMConfig(layer=INTRA_K))
     assert adapter.uses_intra_llm
     inputs = adapter.prepare_inputs(FRAMES, QUESTION)
     generation = adapter.generate_from_inputs(inputs, max_new_tokens=5)
@@ -333,8 +334,8 @@ def test_llava_video_intra_llm_matches_slow_reference(llava_video: LlavaTango) -
 
 def test_intra_llm_off_for_onevision_and_configurable(onevision: LlavaTango, llava_video: LlavaTango) -> None:
     assert not share(onevision, TangoConfig(retention_ratio=0.1)).uses_intra_llm
-    assert not share(llava_video, TangoConfig(retention_ratio=0.1), intra_llm=False).uses_intra_llm
+    assert not share(llava_video, TangoConfig(retention_ratio=0.1), intra_llm=None).uses_intra_llm
     assert LlavaTango(llava_video.model, llava_video.tokenizer, family="llava_video").intra_llm_layer == 3  # 18/28 of 4
-    with pytest.raises(ValueError, match="intra_llm_layer"):
-        share(llava_video, None, intra_llm_layer=4)
-    assert round(pre_llm_ratio(0.1), 6) == 0.121739
+    with pytest.raises(ValueError, match=r"intra-LLM layer K must be in \[1, 3\], got 4"):
+        share(llava_video, None, intra_llm=IntraLLMConfig(layer=4))
+    assert round(IntraLLMConfig().pre_llm_ratio(0.1), 6) == 0.121739

@@ -28,8 +28,9 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
     LlavaOnevisionImageProcessorPil,
 )
 
-import tango_core.models.llava as llava_module  # noqa: E402
+import tango_core.prune as prune_module  # noqa: E402
 from tango_core import TangoConfig  # noqa: E402
+from tango_core.intra_llm import IntraLLMConfig  # noqa: E402
 from tango_core.models.base import VideoClip  # noqa: E402
 from tango_core.models.llava import LlavaTango  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
@@ -71,7 +72,7 @@ def dirs(tmp_path_factory) -> Dict[str, str]:
 @pytest.fixture(scope="module")
 def bases(dirs) -> Dict[str, LlavaTango]:
     return {
-        family: load_tango_model(dirs[family], dtype=torch.float32, device="cpu", num_frames=NUM_FRAMES, intra_llm_layer=2)
+        family: load_tango_model(dirs[family], dtype=torch.float32, device="cpu", num_frames=NUM_FRAMES, intra_llm=IntraLLMConfig(layer=2))
         for family in FAMILIES
     }
 
@@ -85,13 +86,13 @@ def reference_siglip(dirs) -> torch.nn.Module:
 
 def share(base: LlavaTango, tango, num_frames: int = NUM_FRAMES) -> LlavaTango:
     return LlavaTango(base.model, base.tokenizer, tango=tango, family=base.family, num_frames=num_frames,
-                      saliency_head=base._get_saliency_head(), intra_llm_layer=2)
+                      saliency_head=base._get_saliency_head(), intra_llm=IntraLLMConfig(layer=2))
 
 
 def capture_prune(monkeypatch) -> List[dict]:
     """Record the arguments the LLaVA adapter hands to tango_prune (the real one still runs)."""
     calls: List[dict] = []
-    real = llava_module.tango_prune
+    real = prune_module.tango_prune
 
     def recording(features, saliency, grid, timestamps=None, config=None, global_features=None):
         calls.append(dict(features=features.clone(), saliency=saliency.clone(), grid=tuple(grid),
@@ -99,7 +100,7 @@ def capture_prune(monkeypatch) -> List[dict]:
                           global_features=None if global_features is None else global_features.clone()))
         return real(features, saliency, grid, timestamps=timestamps, config=config, global_features=global_features)
 
-    monkeypatch.setattr(llava_module, "tango_prune", recording)
+    monkeypatch.setattr(prune_module, "tango_prune", recording)
     return calls
 
 
@@ -277,7 +278,7 @@ def test_ratio_one_never_runs_saliency_or_tango(family, bases, monkeypatch) -> N
 
     adapter = share(bases[family], TangoConfig(retention_ratio=1.0), num_frames=2)
     monkeypatch.setattr(SiglipSaliencyHead, "forward", refuse)
-    monkeypatch.setattr(llava_module, "tango_prune", refuse)
+    monkeypatch.setattr(prune_module, "tango_prune", refuse)
     monkeypatch.setattr(IntraLLMQwen2Runner, "prefill", refuse)
     generation = adapter.generate(FRAMES, QUESTION, max_new_tokens=2)
     per_frame = 196 if family == "llava_onevision" else 169

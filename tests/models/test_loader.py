@@ -14,6 +14,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from tango_core.intra_llm import IntraLLMConfig  # noqa: E402
 from tango_core import TangoConfig  # noqa: E402
 from tango_core.models.llava import LlavaTango, detect_llava_family, resolve_siglip_path  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
@@ -34,7 +35,7 @@ def test_loads_onevision_and_overrides_family(tiny_dir: str) -> None:
     assert model.siglip_path == os.path.join(tiny_dir, "siglip")
     video = load_tango_model(
         tiny_dir, tango=TangoConfig(retention_ratio=0.2), family="llava_video", dtype=torch.float32, device="cpu",
-        intra_llm_layer=2, num_frames=8,
+        intra_llm=IntraLLMConfig(layer=2), num_frames=8,
     )
     assert video.family == "llava_video" and video.num_frames == 8 and video.intra_llm_layer == 2
     assert video.uses_intra_llm

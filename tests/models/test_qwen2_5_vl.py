@@ -87,18 +87,33 @@ def test_from_pretrained_defaults(model_dir, vanilla):
 # r = 1.0 is the unmodified model
 
 
+def _unmodified(base: Qwen25VLTango, frames: np.ndarray, max_new_tokens: int):
+    """The unmodified transformers model on the processor-equivalent inputs: first logits and
+    greedy tokens (its own forward and generate, sampling and penalties off)."""
+    inputs = base.prepare_inputs(frames, QUESTION)
+    with torch.no_grad():
+        logits = base.model(**inputs.model_kwargs(), logits_to_keep=1).logits[0, -1].float()
+        sequences = base.model.generate(
+            **inputs.model_kwargs(), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None,
+            top_p=None, top_k=None, repetition_penalty=1.0, eos_token_id=list(base.eos_token_ids),
+            pad_token_id=base.eos_token_ids[0],
+        )
+    return logits, sequences[0, inputs.input_ids.shape[1]:]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_ratio_one_equals_vanilla(model_dir, vanilla, dtype):
     base = vanilla if dtype == torch.float32 else Qwen25VLTango.from_pretrained(model_dir, dtype=dtype, device="cpu", **SMALL)
     full = _with(base, 1.0)
     frames = _frames(8)
+    unmodified_logits, unmodified_ids = _unmodified(base, frames, 6)
     ref = base.first_token_logits(frames, QUESTION)
     got = full.first_token_logits(frames, QUESTION)
     assert ref.shape == (base.model.config.text_config.vocab_size,)
-    assert torch.equal(ref, got)
+    assert torch.equal(ref, unmodified_logits) and torch.equal(got, unmodified_logits)
     gen_ref = base.generate(frames, QUESTION, max_new_tokens=6)
     gen = full.generate(frames, QUESTION, max_new_tokens=6)
-    assert torch.equal(gen_ref.token_ids, gen.token_ids)
+    assert torch.equal(gen_ref.token_ids, unmodified_ids) and torch.equal(gen.token_ids, unmodified_ids)
     assert gen_ref.text == gen.text
     assert gen.stats.visual_tokens_before == gen.stats.visual_tokens_after == 4 * 20
     assert {"vit", "prune", "prefill"} <= set(gen.stats.times_ms)
@@ -123,7 +138,7 @@ def test_pruned_llm_input_and_positions(vanilla):
     pruned = _with(vanilla, 0.1)
     frames = _frames(8)
     inputs = pruned.prepare_inputs(frames, QUESTION)
-    prefill = pruned.prepare_prefill(inputs, pruned.tango)
+    prefill = pruned.prepare(frames, QUESTION)
     # Tango's own answer on the same inputs.
     result = tango_prune(prefill.features, prefill.saliency, prefill.grid, prefill.timestamps, pruned.tango)
     num_video = prefill.video_positions.numel()
@@ -162,7 +177,7 @@ def test_pruned_llm_input_and_positions(vanilla):
 def test_decoding_after_pruning_matches_recomputation(vanilla):
     pruned = _with(vanilla, 0.1)
     prefill = pruned.prepare(_frames(8, seed=1), QUESTION)
-    ids, step_logits, _ = pruned.greedy_decode(prefill, 6)
+    ids, step_logits = pruned.decode(prefill, 6, keep_logits=True)
     assert ids.numel() >= 2
     embed = pruned.model.model.get_input_embeddings()
     for j in range(ids.numel()):
@@ -202,12 +217,12 @@ def test_saliency_matches_explicit_computation(vanilla):
                visual.blocks[-1].register_forward_hook(post, with_kwargs=True)]
     try:
         with torch.no_grad():
-            embeds, saliency = vanilla.encode_video(inputs, with_saliency=True)
+            embeds, saliency = vanilla.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, with_saliency=True)
     finally:
         for handle in handles:
             handle.remove()
     with torch.no_grad():
-        plain, _ = vanilla.encode_video(inputs, with_saliency=False)
+        plain, _ = vanilla.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, with_saliency=False)
     assert torch.equal(plain, embeds)  # the hooks do not change the ViT's output
     grid_t, units = saliency.shape
     assert (grid_t, units) == (3, 20)
@@ -301,7 +316,9 @@ def test_video_file_sampling_and_timestamps(vanilla, tmp_path):
     assert np.allclose(clip.timestamps, clip.frame_indices / 4.0)
     assert vanilla.load_clip(path, num_frames=20).frames.shape[0] == 12  # shorter: all 12 (even)
     pruned = _with(vanilla, 0.1)
-    prefill = pruned.prepare(path, QUESTION, num_frames=8)
+    pruned.num_frames = 8  # a dataset's fixed frame count
+    prefill = pruned.prepare(path, QUESTION)
+    pruned.num_frames = None
     times = qwen_frame_indices(12, 8) / 4.0
     assert torch.allclose(prefill.timestamps, torch.from_numpy(np.interp(np.linspace(0, 7, 4), np.arange(8), times)))
     generation = pruned.generate(path, QUESTION, max_new_tokens=3)

@@ -138,7 +138,7 @@ def test_frame_indices_round_and_times_reach_tango(vanilla, tmp_path, monkeypatc
     calls = capture_prune(monkeypatch)
     adapter = with_tango(vanilla, 0.2)
     inputs = adapter.prepare_inputs(path, QUESTION)
-    prefill = adapter.prepare_prefill(inputs, adapter.tango)
+    prefill = adapter.prepare(path, QUESTION)
     clip = inputs.clip
     assert clip.frame_indices.tolist() == [0, 2, 4, 7, 9, 11]
     decoded = clip.frames.reshape(6, -1).mean(axis=1)
@@ -156,7 +156,7 @@ def test_decode_positions_continue_the_unpruned_sequence(vanilla) -> None:
     """The M-RoPE ids the language model receives for each decoded token equal those the unpruned
     sequence gives it: get_rope_index of prompt + generated tokens, and S + t + rope_deltas."""
     pruned = with_tango(vanilla, 0.1)
-    pruned.eos_token_ids = ()  # never stop early: every run decodes the same number of steps
+    pruned.stop_token_ids = []  # never stop early: every run decodes the same number of steps
     frames = textured_frames(8, 112, 140, seed=1)
     inputs = pruned.prepare_inputs(frames, QUESTION)
     seen: List[torch.Tensor] = []
@@ -200,12 +200,6 @@ class CalledAtRatioOne(Exception):
     """Raised by the stand-ins of the saliency and pruning functions."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=CalledAtRatioOne,
-    reason="Real deviation: at retention_ratio=1.0 Qwen25VLTango.prepare_prefill still hooks the ViT for "
-    "saliency and calls tango_prune (to keep every token); the LLaVA adapters skip both (LlavaTango.prunes).",
-)
 def test_ratio_one_never_runs_saliency_or_tango(vanilla, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise CalledAtRatioOne("called at retention_ratio=1.0")

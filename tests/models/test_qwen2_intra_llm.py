@@ -16,6 +16,7 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 from transformers import Qwen2Config, Qwen2Model  # noqa: E402
 
+from tango_core.models.base import greedy_decode  # noqa: E402
 from tango_core.models.qwen2_intra_llm import IntraLLMCache, IntraLLMQwen2Runner  # noqa: E402
 
 HIDDEN = 64
@@ -270,8 +271,23 @@ def test_generate_is_greedy_and_stops_at_eos(attn: str) -> None:
     torch.manual_seed(3)
     lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False).double()
     embeds = make_embeds(SEQ, dtype=torch.float64)
+
+    def generate(max_new_tokens: int, stop=()) -> torch.Tensor:
+        """The adapters' one greedy decoder over the runner's prefill and decode steps."""
+        state = {}
+
+        def first_logits() -> torch.Tensor:
+            hidden, state["cache"] = runner.prefill(embeds, None, VIS_START, VIS_END)
+            return lm_head(hidden[:, -1])
+
+        def step(token: torch.Tensor, n: int) -> torch.Tensor:
+            hidden, state["cache"] = runner.decode_step(model.embed_tokens(token[:, None]), state["cache"])
+            return lm_head(hidden[:, -1])
+
+        return greedy_decode(first_logits, step, stop, max_new_tokens)[0]
+
     with torch.no_grad():
-        tokens = runner.generate(embeds, VIS_START, VIS_END, lm_head, model.embed_tokens, 5, None)
+        tokens = generate(5)
         assert tokens.dtype == torch.long and tokens.shape == (5,)
         # Greedy recomputation with the slow reference.
         expected: List[int] = []
@@ -282,9 +298,9 @@ def test_generate_is_greedy_and_stops_at_eos(attn: str) -> None:
             expected.append(token)
             extra = torch.cat([extra, model.embed_tokens.weight[token][None]])
         assert tokens.tolist() == expected
-        stopped = runner.generate(embeds, VIS_START, VIS_END, lm_head, model.embed_tokens, 5, [expected[1]])
+        stopped = generate(5, [expected[1]])
         assert stopped.tolist() == expected[: expected.index(expected[1]) + 1]
-        assert runner.generate(embeds, VIS_START, VIS_END, lm_head, model.embed_tokens, 0, None).numel() == 0
+        assert generate(0).numel() == 0
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
