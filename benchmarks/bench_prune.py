@@ -23,7 +23,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tango_core import TangoConfig, tango_prune  # noqa: E402
-from tango_core.synthetic import structured_clip  # noqa: E402
+from tango_core.testing.synthetic import structured_clip  # noqa: E402
 
 SHAPES = {
     # name: (frames, grid, dim, retention ratio, segmentation threshold)

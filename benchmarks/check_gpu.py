@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from tango_core import TangoConfig, tango_prune  # noqa: E402
 from tango_core.dpc import pairwise_distances  # noqa: E402
-from tango_core.synthetic import structured_clip  # noqa: E402
+from tango_core.testing.synthetic import structured_clip  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "fidelity"
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prune import DTYPES, SHAPES  # noqa: E402
 from tango_core import TangoConfig, graphs, pipeline, prune, tango_prune  # noqa: E402
-from tango_core.synthetic import structured_clip  # noqa: E402
+from tango_core.testing.synthetic import structured_clip  # noqa: E402
 
 SPANS: dict = defaultdict(list)
 CALL: dict = defaultdict(float)  # label -> ms spent in it during the current call

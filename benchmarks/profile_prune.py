@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prune import DTYPES, SHAPES  # noqa: E402
 from tango_core import TangoConfig, tango_prune  # noqa: E402
-from tango_core.synthetic import structured_clip  # noqa: E402
+from tango_core.testing.synthetic import structured_clip  # noqa: E402
 
 
 def main() -> None:

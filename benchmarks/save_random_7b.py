@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tango_core.models.tiny_llava import build_tiny_tokenizer, random_llava_7b, random_siglip_head, siglip_so400m_head_config  # noqa: E402
-from tango_core.models.tiny_qwen import build_tiny_qwen25vl, random_qwen25vl_7b, special_token_ids  # noqa: E402
+from tango_core.testing.tiny_llava import build_tiny_tokenizer, random_llava_7b, random_siglip_head, siglip_so400m_head_config  # noqa: E402
+from tango_core.testing.tiny_qwen import build_tiny_qwen25vl, random_qwen25vl_7b, special_token_ids  # noqa: E402
 
 FAMILIES = ("llava_onevision", "llava_video", "qwen2_5_vl")
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tango_core import TangoConfig, tango_prune  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
 from tango_core.models.presets import paper_config  # noqa: E402
-from tango_core.models.tiny_llava import save_tiny_llava  # noqa: E402
-from tango_core.synthetic import structured_clip  # noqa: E402
+from tango_core.testing.tiny_llava import save_tiny_llava  # noqa: E402
+from tango_core.testing.synthetic import structured_clip  # noqa: E402
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 DIRECTIONS = ["left", "right", "up", "down"]

@@ -19,7 +19,7 @@ from tango_core.layout import (
     unpack,
 )
 from tango_core.pipeline import prune_eagerly
-from tango_core.synthetic import structured_clip
+from tango_core.testing.synthetic import structured_clip
 from tango_core.types import VideoInputs
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tango_core import ExecutionOptions, TangoConfig, TangoResult, tango_prune
-from tango_core.synthetic import structured_clip
+from tango_core.testing.synthetic import structured_clip
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

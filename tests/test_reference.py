@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tango_core import TangoConfig, tango_prune
 from tango_core.reference import ReferenceResult, reference_prune
-from tango_core.synthetic import structured_clip
+from tango_core.testing.synthetic import structured_clip
 
 DATA = Path(__file__).parent / "data" / "fidelity"
 CASES = json.loads((DATA / "cases.json").read_text())

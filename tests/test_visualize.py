@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tango_core import TangoConfig, tango_prune  # noqa: E402
-from tango_core.synthetic import structured_clip  # noqa: E402
+from tango_core.testing.synthetic import structured_clip  # noqa: E402
 from tango_core.visualize import kept_token_mask, plot_kept_tokens, segment_of_frames  # noqa: E402
 
 

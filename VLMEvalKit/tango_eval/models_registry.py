@@ -1,7 +1,5 @@
-"""The three model families the harness evaluates, with the paper's run settings (spec section 7).
-
-Plain data (no VLMEvalKit, no torch), so that model names and checkpoint folders are checked
-before anything heavy is loaded.
+"""The model families the harness evaluates: tango_core's family registry plus the harness's
+own names (VLMEvalKit class, aliases). Cheap to import: no VLMEvalKit, no model code.
 """
 
 from __future__ import annotations
@@ -10,6 +8,8 @@ import json
 import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+from tango_core.models.families import get_family
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,17 @@ class ModelSpec:
     aliases: Tuple[str, ...] = ()
 
 
+def _spec(family: str, vlm_class: str, aliases: Tuple[str, ...]) -> ModelSpec:
+    known = get_family(family)
+    return ModelSpec(family, family, known.hub_id, vlm_class, known.frames, known.fps, known.cuda_dtype,
+                     known.model_type, known.title, aliases)
+
+
 MODELS: Dict[str, ModelSpec] = {
-    "llava_onevision": ModelSpec(
-        "llava_onevision", "llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "TangoLlavaOneVision",
-        nframe=32, fps=None, cuda_dtype="float16", model_type="llava_onevision", title="LLaVA-OneVision-7B",
-        aliases=("llava-onevision", "llava-onevision-qwen2-7b-ov-hf", "llava_onevision_qwen2_7b_ov", "ov"),
-    ),
-    "llava_video": ModelSpec(
-        "llava_video", "llava_video", "llava-hf/LLaVA-Video-7B-Qwen2-hf", "TangoLlavaVideo",
-        nframe=64, fps=None, cuda_dtype="float16", model_type="llava_onevision", title="LLaVA-Video-7B",
-        aliases=("llava-video", "LLaVA-Video-7B-Qwen2", "llava_video_7b_qwen2", "video"),
-    ),
-    "qwen2_5_vl": ModelSpec(
-        "qwen2_5_vl", "qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "TangoQwen25VL",
-        nframe=None, fps=2.0, cuda_dtype="bfloat16", model_type="qwen2_5_vl", title="Qwen2.5-VL-7B",
-        aliases=("qwen2.5-vl", "Qwen2.5-VL-7B-Instruct", "qwen2_5_vl_7b", "qwen"),
-    ),
+    "llava_onevision": _spec("llava_onevision", "TangoLlavaOneVision",
+                             ("llava-onevision", "llava-onevision-qwen2-7b-ov-hf", "llava_onevision_qwen2_7b_ov", "ov")),
+    "llava_video": _spec("llava_video", "TangoLlavaVideo", ("llava-video", "LLaVA-Video-7B-Qwen2", "llava_video_7b_qwen2", "video")),
+    "qwen2_5_vl": _spec("qwen2_5_vl", "TangoQwen25VL", ("qwen2.5-vl", "Qwen2.5-VL-7B-Instruct", "qwen2_5_vl_7b", "qwen")),
 }
 
 _ALIASES: Dict[str, str] = {}

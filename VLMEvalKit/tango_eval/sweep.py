@@ -87,8 +87,8 @@ def run_dir(work_dir: Path, method: str, ratio: float) -> Path:
 
 def prepare_demo(model: str, work_dir: Path, data_root: Optional[str], benchmarks: Sequence[str], samples: int) -> Tuple[str, str]:
     """(tiny checkpoint folder, data root) for ``--demo``; built once in ``<work-dir>/demo_assets``."""
-    from tango_core.models.tiny_llava import save_tiny_llava
-    from tango_core.models.tiny_qwen import build_tiny_qwen25vl
+    from tango_core.testing.tiny_llava import save_tiny_llava
+    from tango_core.testing.tiny_qwen import build_tiny_qwen25vl
 
     from .demo_data import write_demo_benchmarks
 

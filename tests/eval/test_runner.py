@@ -36,7 +36,7 @@ def environment() -> Dict[str, str]:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Dict[str, Path]:
     """A tiny LLaVA-OneVision checkpoint and generated benchmarks, one with an undecodable video."""
-    from tango_core.models.tiny_llava import save_tiny_llava
+    from tango_core.testing.tiny_llava import save_tiny_llava
     from tango_eval.demo_data import write_demo_benchmarks
 
     root = tmp_path_factory.mktemp("runner")

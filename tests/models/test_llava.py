@@ -22,7 +22,7 @@ from tango_core import TangoConfig, tango_prune  # noqa: E402
 from tango_core.intra_llm import IntraLLMConfig  # noqa: E402
 from tango_core.models.llava import LlavaInputs, LlavaTango  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
-from tango_core.models.tiny_llava import save_tiny_llava  # noqa: E402
+from tango_core.testing.tiny_llava import save_tiny_llava  # noqa: E402
 from tango_core.models.video import write_video  # noqa: E402
 
 NUM_FRAMES = 4

@@ -36,7 +36,7 @@ from tango_core.models.llava import LlavaTango  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
 from tango_core.models.qwen2_intra_llm import IntraLLMQwen2Runner  # noqa: E402
 from tango_core.models.siglip_head import SiglipSaliencyHead  # noqa: E402
-from tango_core.models.tiny_llava import save_tiny_llava  # noqa: E402
+from tango_core.testing.tiny_llava import save_tiny_llava  # noqa: E402
 from tango_core.models.video import write_video  # noqa: E402
 
 FAMILIES = ("llava_onevision", "llava_video")

@@ -19,7 +19,7 @@ from tango_core import TangoConfig  # noqa: E402
 from tango_core.models.llava import LlavaTango, detect_llava_family, resolve_siglip_path  # noqa: E402
 from tango_core.models.loader import load_tango_model  # noqa: E402
 from tango_core.models.siglip_head import DEFAULT_SIGLIP_ID  # noqa: E402
-from tango_core.models.tiny_llava import llava_7b_config, save_tiny_llava  # noqa: E402
+from tango_core.testing.tiny_llava import llava_7b_config, save_tiny_llava  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_loads_a_real_tiny_qwen2_5_vl_checkpoint(tmp_path) -> None:
     import numpy as np
 
     from tango_core.models.qwen2_5_vl import Qwen25VLTango
-    from tango_core.models.tiny_qwen import build_tiny_qwen25vl
+    from tango_core.testing.tiny_qwen import build_tiny_qwen25vl
 
     directory = build_tiny_qwen25vl(str(tmp_path / "qwen"))
     model = load_tango_model(directory, tango=TangoConfig(retention_ratio=0.2), dtype=torch.float32, device="cpu")

@@ -22,7 +22,7 @@ from tango_core.models.qwen2_5_vl import (
     qwen_num_frames,
     smart_resize,
 )
-from tango_core.models.tiny_qwen import (
+from tango_core.testing.tiny_qwen import (
     build_tiny_qwen25vl,
     build_tiny_tokenizer,
     qwen25vl_7b_config,

@@ -27,7 +27,7 @@ import tango_core.prune as prune_module  # noqa: E402
 from tango_core import TangoConfig  # noqa: E402
 from tango_core.models.base import VideoClip  # noqa: E402
 from tango_core.models.qwen2_5_vl import Qwen25VLTango  # noqa: E402
-from tango_core.models.tiny_qwen import build_tiny_qwen25vl  # noqa: E402
+from tango_core.testing.tiny_qwen import build_tiny_qwen25vl  # noqa: E402
 from tango_core.models.video import write_video  # noqa: E402
 
 QUESTION = "What is happening in the video? Answer with the option's letter."

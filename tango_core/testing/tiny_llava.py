@@ -21,7 +21,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .siglip_head import DEFAULT_SIGLIP_ID
+from ..models.siglip_head import DEFAULT_SIGLIP_ID
 from .tiny_tokenizer import train_tiny_bpe
 
 FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video")
@@ -267,7 +267,7 @@ def random_siglip_head(
     """A :class:`SiglipSaliencyHead` of so400m size with random weights (for GPU smoke runs)."""
     from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
 
-    from .siglip_head import SiglipSaliencyHead
+    from ..models.siglip_head import SiglipSaliencyHead
 
     config = siglip_so400m_head_config()
     generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
