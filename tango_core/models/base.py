@@ -203,6 +203,7 @@ class Prefill:
     kept: KeptTokens
     clip: VideoClip
     stats: TangoStats = field(default_factory=TangoStats)
+    max_new_tokens: int = 1  # set by the decoder before the prefill (sizes static caches)
 
     @property
     def keep_index(self) -> torch.Tensor:
@@ -223,6 +224,8 @@ class TangoVideoLM(ABC):
         self.tokenizer = tokenizer
         self.tango = tango
         self.stop_token_ids: List[int] = sorted({int(t) for t in stop_token_ids})
+        self.decoding = "auto"
+        self._static = None
 
     # -- what a family supplies ----------------------------------------------------------------
 
@@ -262,6 +265,23 @@ class TangoVideoLM(ABC):
     def prunes(self) -> bool:
         """Whether Tango removes tokens (configured, r < 1)."""
         return self.tango is not None and self.tango.retention_ratio < 1.0
+
+    def _static_decoding(self, position_shape=(1, 1)):
+        """The static-cache decoder of this adapter, or None when decoding on a growing cache.
+
+        ``decoding``: "graphs" (static cache, steps replayed as CUDA graphs on CUDA), "static"
+        (static cache, eager steps), "dynamic" (transformers' DynamicCache), "auto" (graphs on CUDA,
+        dynamic elsewhere).
+        """
+        mode = getattr(self, "decoding", "auto")
+        if mode == "dynamic" or (mode == "auto" and self.device.type != "cuda"):
+            return None
+        if getattr(self, "_static", None) is None:
+            from .static_decoding import StaticDecoding
+
+            text_config = self.model.config.get_text_config(decoder=True)
+            self._static = StaticDecoding(text_config, self.device, position_shape, capture=mode in ("auto", "graphs"))
+        return self._static
 
     def prune(self, visual: VisualTokens) -> KeptTokens:
         """``tango_prune`` on the visual tokens, or all of them when not pruning."""
@@ -305,6 +325,7 @@ class TangoVideoLM(ABC):
         timer = timer or StageTimer(self.device)
         state: Dict[str, Any] = {}
         begun = time.perf_counter() if started is None else started
+        prefill.max_new_tokens = max(int(max_new_tokens), 1)
 
         def first_logits() -> torch.Tensor:
             with timer("prefill"):

@@ -38,6 +38,7 @@ from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
 from .video import to_clip
 
 LLAVA_FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video")
+PREPROCESSING: Tuple[str, ...] = ("auto", "pil", "torch")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
@@ -69,6 +70,13 @@ class LlavaTango(TangoVideoLM):
     saliency_head: SigLIP ``post_layernorm`` + head; loaded from ``siglip_path`` on first need.
     intra_llm: LLaVA-Video's intra-LLM stage (runs only for llava_video, with Tango at r < 1);
         None switches it off.
+    preprocessing: ``"pil"`` resizes each frame with PIL's bicubic filter, exactly as the
+        reference's image processor does (CPU); ``"torch"`` resizes all frames at once on the
+        model's device (antialiased bicubic, rounded to integers like PIL's output; within a grey
+        level of PIL's); ``"auto"`` (default): torch on CUDA, PIL elsewhere.
+    decoding: ``"graphs"``, ``"static"``, ``"dynamic"`` or ``"auto"`` (see
+        :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`); the intra-LLM stage always
+        decodes on its own growing cache.
     """
 
     def __init__(
@@ -84,7 +92,11 @@ class LlavaTango(TangoVideoLM):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        preprocessing: str = "auto",
+        decoding: str = "auto",
     ) -> None:
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}.")
         if family not in LLAVA_FAMILIES:
             raise ValueError(f"Unknown LLaVA family {family!r}; choose one of {LLAVA_FAMILIES}.")
         config = model.config
@@ -103,6 +115,8 @@ class LlavaTango(TangoVideoLM):
         self.system_prompt = system_prompt
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
+        self.preprocessing = preprocessing
+        self.decoding = decoding
         self.num_layers = int(config.text_config.num_hidden_layers)
         self.intra_llm = intra_llm
         # K is resolved (and checked) now, so that a bad K fails at load time.
@@ -193,9 +207,13 @@ class LlavaTango(TangoVideoLM):
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, S, S) pixels: bicubic squash-resize, /255, (x - mean) / std."""
         size = int(self.model.config.vision_config.image_size)
-        if frames.shape[1:3] != (size, size):
+        on_device = self.preprocessing == "torch" or (self.preprocessing == "auto" and self.device.type == "cuda")
+        if frames.shape[1:3] != (size, size) and not on_device:
             frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
         pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
+        if pixels.shape[-2:] != (size, size):  # on the device: one antialiased resize of every frame
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            pixels = pixels.clamp_(0.0, 255.0).round_()
         mean = torch.tensor(self.image_mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.image_std, device=self.device).view(1, 3, 1, 1)
         pixels = (pixels * (1.0 / 255.0) - mean) / std
@@ -313,17 +331,38 @@ class LlavaTango(TangoVideoLM):
 
     def start(self, prefill: Prefill) -> Tuple[torch.Tensor, Any]:
         """Run the prompt (LLaVA-Video pruning again at layer K); logits (1, V) and the cache."""
-        if self.uses_intra_llm:
+        if self.uses_intra_llm:  # its layers hold caches of two lengths: a growing cache
             runner = self._runner()
             visual_end = prefill.visual_start + prefill.visual_length
             hidden, cache = runner.prefill(prefill.inputs_embeds, None, prefill.visual_start, visual_end)
             prefill.stats.visual_tokens_after_intra_llm = int(cache.num_visual_kept)
             return self.model.lm_head(hidden[:, -1]), (runner, cache)
+        static = self._static_decoding()
+        if static is not None:
+            length = prefill.inputs_embeds.shape[1]
+            cache = static.cache(length + prefill.max_new_tokens)
+            slots = torch.arange(length, device=self.device)
+            output = self.model.model.language_model(
+                inputs_embeds=prefill.inputs_embeds, past_key_values=cache, cache_position=slots, position_ids=slots[None], use_cache=True
+            )
+            return self.model.lm_head(output.last_hidden_state[:, -1]), ("static", cache, length)
         output = self.model.model.language_model(inputs_embeds=prefill.inputs_embeds, use_cache=True)
         return self.model.lm_head(output.last_hidden_state[:, -1]), (None, output.past_key_values)
 
+    def _static_step(self, token: torch.Tensor, slot: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step on a static cache (captured as a CUDA graph on CUDA)."""
+        embeds = self.model.get_input_embeddings()(token)
+        output = self.model.model.language_model(
+            inputs_embeds=embeds, past_key_values=cache, cache_position=slot, position_ids=position, use_cache=True
+        )
+        return self.model.lm_head(output.last_hidden_state[:, -1])
+
     def step(self, token: torch.Tensor, state: Any, n: int) -> Tuple[torch.Tensor, Any]:
         """Feed one token (1,) through the cached language model."""
+        if state[0] == "static":
+            _, cache, length = state
+            position = torch.full((1, 1), length + n, dtype=torch.long)
+            return self._static_decoding().step(self._static_step, cache, token, length + n, position), state
         runner, cache = state
         token_embeds = self.model.get_input_embeddings()(token[:, None])  # (1, 1, D)
         if runner is not None:

@@ -38,7 +38,10 @@ import torch.nn.functional as F
 
 from ..config import TangoConfig
 from .base import KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
+from . import vision_attention
 from .video import check_frames, probe_video, read_frames
+
+VISION_ATTENTION: Tuple[str, ...] = ("auto", "batched", "transformers")
 
 # qwen-vl-utils' video constants (fetch_video / smart_nframes).
 IMAGE_FACTOR: int = 28
@@ -399,6 +402,9 @@ class Qwen25VLTango(TangoVideoLM):
     ``video_total_pixels``: qwen-vl-utils' per-video pixel bounds (its defaults when None);
     ``processor_min_pixels`` / ``processor_max_pixels``, ``image_mean`` / ``image_std``: the
     processor configuration (from ``preprocessor_config.json`` in :meth:`from_pretrained`).
+    ``vision_attention``: ``"batched"`` runs all of the ViT's attention windows in one call per
+    layer (:mod:`~tango_core.models.vision_attention`), ``"transformers"`` its per-window loop
+    under sdpa, ``"auto"`` (default) batched on CUDA.
     """
 
     family = "qwen2_5_vl"
@@ -421,7 +427,11 @@ class Qwen25VLTango(TangoVideoLM):
         processor_max_pixels: int = PROCESSOR_MAX_PIXELS,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
+        vision_attention: str = "auto",
+        decoding: str = "auto",
     ) -> None:
+        if vision_attention not in VISION_ATTENTION:
+            raise ValueError(f"vision_attention must be one of {VISION_ATTENTION}, got {vision_attention!r}.")
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -447,6 +457,8 @@ class Qwen25VLTango(TangoVideoLM):
         self.processor_max_pixels = int(processor_max_pixels)
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
+        self.vision_attention = vision_attention
+        self.decoding = decoding
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -472,7 +484,7 @@ class Qwen25VLTango(TangoVideoLM):
         option_names = (
             "chat_template", "num_frames", "fps", "min_frames", "max_frames", "video_min_pixels",
             "video_max_pixels", "video_total_pixels", "processor_min_pixels", "processor_max_pixels",
-            "image_mean", "image_std",
+            "image_mean", "image_std", "vision_attention", "decoding",
         )
         if "siglip_path" in kw:
             raise ValueError("siglip_path applies to the LLaVA families only; Qwen2.5-VL takes saliency from its own ViT.")
@@ -588,13 +600,30 @@ class Qwen25VLTango(TangoVideoLM):
 
     # -- vision --------------------------------------------------------------------------------
 
+    @contextmanager
+    def _window_attention(self) -> Iterator[None]:
+        """The ViT's attention for the duration of one call: every window in one call
+        (:mod:`~tango_core.models.vision_attention`) when batching, else transformers' own."""
+        config = self.model.model.visual.config
+        current = config._attn_implementation
+        batched = self.vision_attention == "batched" or (
+            self.vision_attention == "auto" and self.device.type == "cuda" and current in ("sdpa", "eager")
+        )
+        if batched:
+            config._attn_implementation = vision_attention.register()
+        try:
+            yield
+        finally:
+            config._attn_implementation = current
+
     def encode_video(self, pixels: torch.Tensor, grid_thw: torch.Tensor, with_saliency: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Video embeddings (Nv, D) after the merger in LLM order and, if asked, saliency (grid_t, L)."""
         core = self.model.model
         if not with_saliency:
-            return torch.cat(core.get_video_features(pixels, grid_thw).pooler_output, dim=0), None
+            with self._window_attention():
+                return torch.cat(core.get_video_features(pixels, grid_thw).pooler_output, dim=0), None
         probe = _SaliencyProbe(core.visual, grid_thw)
-        with probe.attached():
+        with probe.attached(), self._window_attention():
             out = core.get_video_features(pixels, grid_thw)
         if probe.saliency is None:
             raise RuntimeError("The saliency hooks did not fire; is the ViT's last block bypassed?")
@@ -669,6 +698,20 @@ class Qwen25VLTango(TangoVideoLM):
 
     def start(self, prefill: QwenPrefill) -> Tuple[torch.Tensor, Any]:
         """Run the (pruned) prompt with its original M-RoPE positions."""
+        static = self._static_decoding(position_shape=(3, 1, 1))
+        if static is not None:
+            length = prefill.inputs_embeds.shape[1]
+            cache = static.cache(length + prefill.max_new_tokens)
+            out = self.model(
+                inputs_embeds=prefill.inputs_embeds,
+                position_ids=prefill.position_ids,
+                attention_mask=prefill.attention_mask,
+                past_key_values=cache,
+                cache_position=torch.arange(length, device=self.device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            return out.logits[:, -1], ("static", prefill, cache, length)
         out = self.model(
             inputs_embeds=prefill.inputs_embeds,
             position_ids=prefill.position_ids,
@@ -678,8 +721,23 @@ class Qwen25VLTango(TangoVideoLM):
         )
         return out.logits[:, -1], (prefill, out.past_key_values, prefill.attention_mask)
 
+    def _static_step(self, token: torch.Tensor, slot: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        """One decoding step on a static cache (captured as a CUDA graph on CUDA); no attention mask
+        needed: the prompt has no padding, and the cache slot bounds what is attended to."""
+        core = self.model.model
+        out = core.language_model(
+            inputs_embeds=core.get_input_embeddings()(token), position_ids=position, past_key_values=cache,
+            cache_position=slot, use_cache=True,
+        )
+        return self.model.lm_head(out.last_hidden_state[:, -1])
+
     def step(self, token: torch.Tensor, state: Any, n: int) -> Tuple[torch.Tensor, Any]:
         """Feed generated token ``n`` at position S + n + rope_deltas (the unpruned sequence's)."""
+        if state[0] == "static":
+            _, prefill, cache, length = state
+            position = self.decode_positions(prefill, n)
+            logits = self._static_decoding((3, 1, 1)).step(self._static_step, cache, token, length + n, position)
+            return logits, state
         prefill, cache, mask = state
         mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
         out = self.model(

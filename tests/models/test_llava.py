@@ -339,3 +339,19 @@ def test_intra_llm_off_for_onevision_and_configurable(onevision: LlavaTango, lla
     with pytest.raises(ValueError, match=r"intra-LLM layer K must be in \[1, 3\], got 4"):
         share(llava_video, None, intra_llm=IntraLLMConfig(layer=4))
     assert round(IntraLLMConfig().pre_llm_ratio(0.1), 6) == 0.121739
+
+
+def test_torch_preprocessing_close_to_pil_and_keeps_nearly_the_same_tokens(onevision: LlavaTango) -> None:
+    """The device path (one antialiased bicubic resize of all frames) stays within about a grey
+    level of PIL's per-frame bicubic, and Tango keeps nearly the same tokens on it."""
+    frames = structured_frames(NUM_FRAMES, size=90)  # 90 -> 54 px: a real downscale
+    pil = share(onevision, TangoConfig(retention_ratio=0.2), preprocessing="pil")
+    on_device = share(onevision, TangoConfig(retention_ratio=0.2), preprocessing="torch")
+    grey = 255.0 * onevision.image_std[0]  # pixels are (x / 255 - 0.5) / 0.5
+    difference = (pil.preprocess(frames) - on_device.preprocess(frames)).abs() * grey
+    assert float(difference.mean()) < 0.5 and float(difference.max()) <= 4.0
+    kept_pil = set(pil.prepare_inputs(frames, QUESTION).keep_index.tolist())
+    kept_torch = set(on_device.prepare_inputs(frames, QUESTION).keep_index.tolist())
+    assert len(kept_pil & kept_torch) / len(kept_pil | kept_torch) > 0.8
+    with pytest.raises(ValueError, match="preprocessing must be one of"):
+        share(onevision, None, preprocessing="opencv")

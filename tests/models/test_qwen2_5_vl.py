@@ -373,3 +373,58 @@ def test_7b_config_and_random_builder():
     assert torch.equal(model.model.visual.rotary_pos_emb.inv_freq, reference.model.visual.rotary_pos_emb.inv_freq)
     adapter = Qwen25VLTango(model, tokenizer, TangoConfig(retention_ratio=0.2), **SMALL)
     assert torch.isfinite(adapter.first_token_logits(_frames(4), QUESTION)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# All ViT windows in one attention call
+
+
+def test_batched_window_attention_matches_transformers_loop(model_dir, vanilla, monkeypatch):
+    """The ViT with every window in one call (padded batch on CPU) against transformers' own
+    per-window sdpa loop: the same video embeddings and saliency to float rounding, the same kept
+    tokens, and the same answer."""
+    from tango_core.models import vision_attention
+
+    frames = _frames(8, seed=4)
+    looped = Qwen25VLTango(vanilla.model, vanilla.tokenizer, TangoConfig(retention_ratio=0.2),
+                           chat_template=vanilla.chat_template, vision_attention="transformers", **SMALL)
+    batched = Qwen25VLTango(vanilla.model, vanilla.tokenizer, TangoConfig(retention_ratio=0.2),
+                            chat_template=vanilla.chat_template, vision_attention="batched", **SMALL)
+    calls = []
+    original = vision_attention.batched_windows_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["cu_seq_lens_q"].numel() - 1)
+        return original(*args, **kwargs)
+
+    inputs = looped.prepare_inputs(frames, QUESTION)
+    with torch.no_grad():
+        reference, reference_saliency = looped.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
+        with monkeypatch.context() as patch:
+            patch.setattr(vision_attention, "batched_windows_attention", counting)
+            got, got_saliency = batched.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
+        vision_attention.register()
+    depth = len(vanilla.model.model.visual.blocks)
+    assert len(calls) == depth and max(calls) > 1  # one call per block, several windows in it
+    assert vanilla.model.model.visual.config._attn_implementation == "sdpa"  # restored after the call
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_saliency, reference_saliency, rtol=1e-5, atol=1e-6)
+    assert torch.equal(batched.prepare(frames, QUESTION).keep_index, looped.prepare(frames, QUESTION).keep_index)
+    assert torch.equal(batched.generate(frames, QUESTION, max_new_tokens=4).token_ids,
+                       looped.generate(frames, QUESTION, max_new_tokens=4).token_ids)
+    with pytest.raises(ValueError, match="vision_attention must be one of"):
+        Qwen25VLTango(vanilla.model, vanilla.tokenizer, None, chat_template=vanilla.chat_template, vision_attention="flash")
+
+
+def test_padded_window_attention_is_attention_within_each_window():
+    """Independent check: softmax(q k^T) v inside each window, nothing across windows."""
+    from tango_core.models.vision_attention import padded_window_attention
+
+    torch.manual_seed(0)
+    bounds = torch.tensor([0, 3, 4, 9, 12])
+    q, k, v = (torch.randn(12, 2, 8) for _ in range(3))
+    got = padded_window_attention(q, k, v, bounds, scale=0.3)
+    for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * 0.3
+        expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[start:end])
+        torch.testing.assert_close(got[start:end], expected, rtol=1e-5, atol=1e-6)
