@@ -64,6 +64,10 @@ class GpuSampler:
         }
 
 
+def statistics_mean(values):
+    return sum(values) / len(values) if values else float("nan")
+
+
 def run_totals(folder: Path) -> Dict[str, float]:
     """Samples, failures and summed per-sample wall time of one run folder (from its records)."""
     samples = failed = 0
@@ -79,11 +83,55 @@ def run_totals(folder: Path) -> Dict[str, float]:
     return {"samples": samples, "failed": failed, "inference_s": inference_s}
 
 
+def long_clip(args) -> str:
+    """Write one generated clip of ``seconds`` at ``fps`` and ``height x width`` (moving squares over a
+    shading background) to ``path``; used to replace the demo's 3-second clips."""
+    path, seconds, fps, height, width, seed = args
+    import numpy as np
+
+    from tango_core.models.video import write_video
+
+    rng = np.random.default_rng(seed)
+    count = int(seconds * fps)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([90 + 60 * np.sin(xs / 90), 110 + 50 * np.cos(ys / 70), 100 + 0 * xs], -1)
+    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    speed = rng.uniform(2, 8, size=(3, 2))
+    for t in range(count):
+        frame = base + 20 * np.sin(t / 25.0)
+        for k, colour in enumerate(([230, 40, 40], [40, 200, 60], [50, 80, 230])):
+            cx = int((200 + speed[k, 0] * t * 4) % (width - 80))
+            cy = int((100 + 150 * k + speed[k, 1] * t) % (height - 80))
+            frame[cy:cy + 80, cx:cx + 80] = colour
+        frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
+    write_video(path, frames, fps=fps)
+    return path
+
+
+def make_long_clips(samples, seconds, fps: float, size, workers: int) -> float:
+    """Overwrite every sample's clip with a long one (in parallel); returns the seconds it took."""
+    import random
+    from concurrent.futures import ProcessPoolExecutor
+
+    started = time.time()
+    rng = random.Random(0)
+    jobs = [(s.video, rng.uniform(*seconds), fps, size[1], size[0], i) for i, s in enumerate(samples)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(long_clip, jobs))
+    return time.time() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(SCRIPTS), default="llava_onevision")
     parser.add_argument("--samples", type=int, default=10, help="questions per benchmark (4 benchmarks)")
     parser.add_argument("--ratios", default="0.1")
+    parser.add_argument("--benchmarks", default="Video-MME,MVBench,MLVU,LongVideoBench")
+    parser.add_argument("--long-clips", default=None, help="replace the clips by generated ones of MIN,MAX seconds")
+    parser.add_argument("--clip-size", default="1280x720")
+    parser.add_argument("--clip-fps", type=float, default=2.0)
+    parser.add_argument("--profile", action="store_true", help="run the sweep with --profile and report wall / GPU time")
+    parser.add_argument("--prefetch", type=int, default=None)
     parser.add_argument("--work", type=Path, default=Path("/tmp/eval_sweep_gpu"))
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -101,12 +149,23 @@ def main() -> None:
         torch.cuda.empty_cache()
     saved_s = time.time() - started
     data_root = args.work / "data"
-    write_demo_benchmarks(str(data_root), samples_per_benchmark=args.samples, seed=0)
+    benchmarks = args.benchmarks.split(",")
+    written = write_demo_benchmarks(str(data_root), benchmarks=benchmarks, samples_per_benchmark=args.samples, seed=0)
+    clips_s = None
+    if args.long_clips:
+        low, high = (float(v) for v in args.long_clips.split(","))
+        width, height = (int(v) for v in args.clip_size.split("x"))
+        clips_s = make_long_clips([s for b in benchmarks for s in written[b]], (low, high), args.clip_fps, (width, height), 16)
+        print(f"long clips written in {clips_s:.1f} s", flush=True)
     sweep_dir = args.work / "sweep"
     sampler = GpuSampler()
     sweep_start = time.time()
     command = ["bash", str(REPO / SCRIPTS[args.family]), "--model-path", str(checkpoint), "--data-root", str(data_root),
-               "--ratios", args.ratios, "--with-vanilla", "--work-dir", str(sweep_dir), "--offline"]
+               "--ratios", args.ratios, "--with-vanilla", "--work-dir", str(sweep_dir), "--offline", "--data", *benchmarks]
+    if args.profile:
+        command.append("--profile")
+    if args.prefetch is not None:
+        command += ["--prefetch", str(args.prefetch)]
     with (args.out / "sweep.log").open("w") as log:
         status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     sweep_end = time.time()
@@ -117,8 +176,18 @@ def main() -> None:
         run = json.loads(line)
         totals = run_totals(Path(run["folder"]))
         gpu = sampler.between(run["start"], run["end"])
+        profiles = [json.loads(p.read_text())["summary"] for p in Path(run["folder"]).glob("*/*_profile_rank0.json")]
+        loop = {}
+        if profiles:
+            loop = {
+                "loop_wall_s": sum(p["total_runtime_s"] for p in profiles),
+                "loop_gpu_s": sum(p["total_gpu_runtime_s"] for p in profiles),
+                "avg_ttft_ms": statistics_mean([p["avg_ttft_ms"] for p in profiles]),
+                "avg_decode_tokens_per_s": statistics_mean([p["avg_decode_tokens_per_s"] for p in profiles]),
+            }
+            loop["wall_over_gpu"] = loop["loop_wall_s"] / loop["loop_gpu_s"]
         rows.append({
-            **run, **totals, **gpu,
+            **run, **totals, **gpu, **loop,
             "samples_per_s": totals["samples"] / run["wall_s"],
             "inference_samples_per_s": totals["samples"] / totals["inference_s"] if totals["inference_s"] else float("nan"),
         })
@@ -126,6 +195,7 @@ def main() -> None:
         "family": args.family, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "status": status,
         "checkpoint_save_s": saved_s, "sweep_wall_s": sweep_end - sweep_start, "runs": rows,
         "whole_sweep_gpu": sampler.between(sweep_start, sweep_end), "date": time.strftime("%Y-%m-%d"),
+        "long_clips_written_s": clips_s, "command": command,
     }
     (args.out / "eval_sweep_gpu.json").write_text(json.dumps(result, indent=1))
     for name in ("summary.md", "summary.csv"):
@@ -140,6 +210,13 @@ def main() -> None:
         print(f"{label:14} {row['wall_s']:>8.1f} {row['inference_s']:>8.1f} {row['samples']:>7} {row['failed']:>6} "
               f"{row['samples_per_s']:>9.2f} {row['inference_samples_per_s']:>8.2f} {100 * row['gpu_busy_share']:>7.1f}% "
               f"{row['peak_memory_gib']:>8.1f}")
+    if any("wall_over_gpu" in row for row in rows):
+        print("\nrequest loop (profiler: wall clock around the loop, CUDA events around each answer)")
+        for row in rows:
+            if "wall_over_gpu" in row:
+                label = "vanilla" if row["method"] == "vanilla" else f"tango r={row['ratio']:g}"
+                print(f"{label:14} loop wall {row['loop_wall_s']:.1f} s, GPU {row['loop_gpu_s']:.1f} s, wall/GPU "
+                      f"{row['wall_over_gpu']:.2f}, TTFT {row['avg_ttft_ms']:.1f} ms, {row['avg_decode_tokens_per_s']:.1f} tok/s")
     print(f"\nsweep wall {result['sweep_wall_s']:.1f} s, exit status {status}; checkpoint written in {saved_s:.1f} s")
     sys.exit(status)
 

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     harness.add_argument("--attn-implementation", help="transformers attention (default: flash_attention_2 if installed, else sdpa)")
     harness.add_argument("--siglip-path", help="LLaVA: SigLIP checkpoint with the attention-pooling head")
     harness.add_argument("--fresh", action="store_true", help="discard earlier answers in the work dir and start over")
+    harness.add_argument("--profile", action="store_true",
+                         help="record time to first token, ViT / other / prefill times, decoding throughput, GPU time "
+                              "and peak memory per sample (<model>_<dataset>_profile_rank<k>.json/.csv, a table in the log)")
     harness.add_argument("--prefetch", type=int, default=2,
                          help="samples whose prompt and video are prepared ahead in background threads (default 2; 0: none)")
     harness.add_argument("--demo", action="store_true", help="label results as those of a tiny random-weight demo model")
@@ -342,7 +345,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.prefetch < 0:
         raise UsageError(f"--prefetch must be 0 or more samples, got {args.prefetch}.")
     options = RunOptions(mode=args.mode, limit=args.limit, keep_failed=args.keep_failed, fresh=args.fresh,
-                         verbose=args.verbose, prefetch=args.prefetch)
+                         verbose=args.verbose, prefetch=args.prefetch, profile=args.profile)
     offline = bool(args.offline or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"))
     return Plan(plans, work_dir, options, hub_cache, args.data_root, offline)
 

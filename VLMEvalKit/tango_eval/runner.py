@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 from tqdm import tqdm
 
+from tango_core.models.profiling import Profiler
+
 from .benchmarks import Benchmark
 from .distributed import Processes
 from .prefetch import Prepared, PreparedSample, Prefetcher
@@ -56,6 +58,7 @@ class RunOptions:
     records. max_consecutive_failures: give up on a dataset after that many failures in a row
     (something is wrong with every sample, not with one video). prefetch: samples prepared ahead
     in background threads (prompt and decoded video; 0: everything in order on this thread).
+    profile: record spec section 9's efficiency metrics of every answered sample.
     """
 
     mode: str = "all"
@@ -65,6 +68,7 @@ class RunOptions:
     verbose: bool = False
     max_consecutive_failures: int = 8
     prefetch: int = 2
+    profile: bool = False
 
 
 @dataclass
@@ -244,9 +248,11 @@ class DatasetRunner:
             disable=not self.processes.is_main,
             dynamic_ncols=True,
         )
+        profiler = Profiler() if self.options.profile else None
+        loop_started = time.perf_counter()
         with prepared:
             for sample in progress:
-                record = self._answer_one(key, sample)
+                record = self._answer_one(key, sample, profiler)
                 store.append(record)
                 if self.options.verbose:
                     LOG.info("%s #%s: %s", key, sample.index, record.prediction)
@@ -260,6 +266,16 @@ class DatasetRunner:
                         f"{key}: {consecutive_failures} samples in a row failed (last: {record.error}); fix the cause "
                         "and run again: every finished sample is kept."
                     )
+        if profiler is not None and profiler.requests:
+            self._write_profile(key, profiler, time.perf_counter() - loop_started)
+
+    def _write_profile(self, key: str, profiler: Profiler, loop_s: float) -> None:
+        """This process's profile of this run (spec section 9): JSON, CSV and a table in the log."""
+        stem = self.model_dir / f"{self.model_name}_{key}_profile_rank{self.processes.rank}"
+        profiler.to_json(str(stem.with_suffix(".json")), total_runtime_s=loop_s)
+        profiler.to_csv(str(stem.with_suffix(".csv")))
+        LOG.info("%s profile (rank %d, %d samples answered in this run; %s.json):\n%s", key, self.processes.rank,
+                 len(profiler.requests), stem, profiler.table(total_runtime_s=loop_s))
 
     def _prepare(self, dataset, index: str, row: int) -> PreparedSample:
         """The dataset's own prompt for one sample and its decoded video (runs in a worker thread)."""
@@ -272,7 +288,7 @@ class DatasetRunner:
         clip = self.model.load_clip(videos[0]) if len(videos) == 1 else None
         return PreparedSample(index, message, clip, time.perf_counter() - start)
 
-    def _answer_one(self, key: str, sample: "Prepared") -> SampleRecord:
+    def _answer_one(self, key: str, sample: "Prepared", profiler: Optional[Profiler] = None) -> SampleRecord:
         """Answer one prepared sample; any failure (preparing or answering) becomes a failed record."""
         import torch
 
@@ -280,7 +296,12 @@ class DatasetRunner:
         base = {"index": sample.index, "rank": self.processes.rank, "run_id": self.run_id}
         try:
             prepared = sample.result()
-            prediction = self.model.answer(prepared.message, key, prepared.clip)
+            if profiler is None:
+                prediction = self.model.answer(prepared.message, key, prepared.clip)
+            else:
+                with profiler.record() as slot:
+                    prediction = self.model.answer(prepared.message, key, prepared.clip)
+                    slot["generation"] = self.model.last_generation
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - any failure of one sample is that sample's

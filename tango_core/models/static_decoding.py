@@ -4,9 +4,10 @@ A transformers language model decoding one token at a time is launch-bound: a 7B
 hundreds of small kernels, about 17 ms from Python against a few ms of GPU work. Here the cache is a
 transformers ``StaticCache`` of a bucketed length (the prompt, then the answer budget), and one
 decoding step (embed -> language model -> head) is captured once per cache as a CUDA graph that
-reads the token and its cache slot from fixed buffers; each later step copies two integers in
-and replays. Caches and graphs are kept per length bucket and reused by later calls; entries past
-the current position are never attended to (the causal mask), so a reused cache needs no clearing.
+reads the token and its position from fixed buffers; each later step copies them in and replays.
+Caches and graphs are kept per length bucket and reused by later calls: a reused cache is rewound
+(its write position set back to 0), and entries past the current position are never attended to
+(the causal mask), so it needs no clearing.
 
 Without CUDA (or with ``capture=False``) the same steps run eagerly on the static cache.
 """
@@ -75,7 +76,17 @@ class StaticDecoding:
             while len(self.entries) > self.max_entries:
                 self.entries.popitem(last=False)
         self.entries.move_to_end(length)
+        self._rewind(entry.cache)
         return entry.cache
+
+    @staticmethod
+    def _rewind(cache) -> None:
+        """Start writing at slot 0 again. transformers' static layers keep their write position in a
+        device counter (``cumulative_length``) that every update advances; zeroed in place so that a
+        captured graph keeps reading the same tensor."""
+        for layer in cache.layers:
+            if getattr(layer, "is_initialized", False):
+                layer.cumulative_length.zero_()
 
     def _entry_of(self, cache) -> _Entry:
         for entry in self.entries.values():

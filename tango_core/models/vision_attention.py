@@ -18,6 +18,8 @@ to floating-point rounding.
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -26,13 +28,26 @@ import torch.nn.functional as F
 BATCHED_WINDOWS = "flash_tango_batched_windows"  # "flash": transformers' cue to pass cu_seqlens
 
 
-def _varlen_attention():
-    """PyTorch's variable-length attention, or None where this PyTorch lacks it."""
+@functools.lru_cache(maxsize=None)
+def varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether PyTorch's variable-length attention runs here (tried once per device and dtype)."""
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn
+
+        x = torch.zeros(4, 1, 64, device=device, dtype=dtype)
+        bounds = torch.tensor([0, 2, 4], device=device, dtype=torch.int32)
+        varlen_attn(x, x, x, bounds, bounds, 2, 2)
+        return True
+    except Exception:  # noqa: BLE001 - missing, or not for this GPU or dtype: the padded batch serves
+        return False
+
+
+def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: torch.Tensor, longest: int, scale: Optional[float]) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    if scale is None or math.isclose(scale, q.shape[-1] ** -0.5):
+        return varlen_attn(q, k, v, bounds, bounds, longest, longest)  # the default scale
+    return varlen_attn(q, k, v, bounds, bounds, longest, longest, scale=scale)
 
 
 def padded_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
@@ -73,11 +88,10 @@ def batched_windows_attention(
     if cu_seq_lens_q is None or (cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_q, cu_seq_lens_k)):
         raise ValueError("batched window attention needs the same window boundaries for queries and keys.")
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, d)
-    varlen = _varlen_attention()
-    if varlen is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and varlen_available(q.device, q.dtype):
         bounds = cu_seq_lens_q.to(device=q.device, dtype=torch.int32)
         longest = int(max_length_q) if max_length_q is not None else int((bounds[1:] - bounds[:-1]).max())
-        out = varlen(q, k, v, bounds, bounds, longest, longest, scale=scaling)
+        out = _varlen(q, k, v, bounds, longest, scaling)
     else:
         out = padded_window_attention(q, k, v, cu_seq_lens_q.to(q.device).long(), scaling)
     return out.unsqueeze(0), None
