@@ -1,37 +1,22 @@
 """The reference implementation's cases (spec section 10) must be reproduced exactly."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tango_core import TangoConfig, tango_prune
+from tango_core import tango_prune
 
-DATA = Path(__file__).parent / "data" / "fidelity"
-CASES = json.loads((DATA / "cases.json").read_text())
-
-
-def _config(case, **overrides):
-    return TangoConfig(
-        retention_ratio=case["r"],
-        similarity_threshold=case["tau"],
-        context_ratio=case["ctx"],
-        segmenter=case["seg"],
-        sink_positions=tuple(case["sink"]),
-        **overrides,
-    )
-
+from fidelity_cases import CASES, case_arrays, case_config
 
 def _run(case, **overrides):
-    arrays = np.load(DATA / f"case{case['idx']:02d}.npz")
+    arrays = case_arrays(case)
     result = tango_prune(
         torch.from_numpy(arrays["feats"]),
         torch.from_numpy(arrays["sal"]),
         grid=(case["H"], case["W"]),
         timestamps=torch.from_numpy(arrays["ts"]),
-        config=_config(case, **overrides),
+        config=case_config(case, **overrides),
     )
     return arrays, result
 

@@ -6,8 +6,6 @@ interpreter by asking for the kernels on CPU tensors, so CI catches wiring mista
 stages and the kernels.
 """
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -16,10 +14,11 @@ pytest.importorskip("triton")
 import numpy as np
 import torch
 
-from tango_core import ExecutionOptions, TangoConfig, ops, tango_prune
+from tango_core import ExecutionOptions, ops, tango_prune
 
-DATA = Path(__file__).parent / "data" / "fidelity"
-CASES = {case["idx"]: case for case in json.loads((DATA / "cases.json").read_text())}
+from fidelity_cases import CASES, case_arrays, case_config
+
+CASES_BY_IDX = {case["idx"]: case for case in CASES}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -31,16 +30,9 @@ def kernels_everywhere(monkeypatch):
 
 @pytest.mark.parametrize("idx", [10, 8])  # one frame; 16 frames with static and dynamic segments
 def test_fused_pipeline_reproduces_the_reference_case(kernels_everywhere, idx):
-    case = CASES[idx]
-    arrays = np.load(DATA / f"case{idx:02d}.npz")
-    config = TangoConfig(
-        retention_ratio=case["r"],
-        similarity_threshold=case["tau"],
-        context_ratio=case["ctx"],
-        segmenter=case["seg"],
-        sink_positions=tuple(case["sink"]),
-        execution=ExecutionOptions(cuda_graphs=False),
-    )
+    case = CASES_BY_IDX[idx]
+    arrays = case_arrays(case)
+    config = case_config(case, execution=ExecutionOptions(cuda_graphs=False))
     inputs = [torch.from_numpy(arrays[key]).to(DEVICE) for key in ("feats", "sal", "ts")]
     assert ops.select_ops(config.execution, DEVICE).name == "triton"
     assert ops.select_ops(config.with_execution(fused_kernels=False).execution, DEVICE).name != "triton"

@@ -3,8 +3,6 @@
 All inputs are CPU tensors, on which tango_prune always runs its eager pipeline (no CUDA graphs).
 """
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,20 +14,11 @@ from tango_core import TangoConfig, tango_prune
 from tango_core.reference import ReferenceResult, reference_prune
 from tango_core.testing.synthetic import structured_clip
 
-DATA = Path(__file__).parent / "data" / "fidelity"
-CASES = json.loads((DATA / "cases.json").read_text())
-
+from fidelity_cases import CASES, case_arrays, case_config
 
 def _fidelity(case, **overrides):
-    arrays = np.load(DATA / f"case{case['idx']:02d}.npz")
-    config = TangoConfig(
-        retention_ratio=case["r"],
-        similarity_threshold=case["tau"],
-        context_ratio=case["ctx"],
-        segmenter=case["seg"],
-        sink_positions=tuple(case["sink"]),
-        **overrides,
-    )
+    arrays = case_arrays(case)
+    config = case_config(case, **overrides)
     inputs = (torch.from_numpy(arrays["feats"]), torch.from_numpy(arrays["sal"]), (case["H"], case["W"]),
               torch.from_numpy(arrays["ts"]), config)
     return arrays, inputs

@@ -33,3 +33,31 @@ def vlmeval_module(data_root: Path, tmp_path_factory):
 
     configure_environment(str(data_root), offline=True, lmu_data=str(tmp_path_factory.mktemp("lmu_data")))
     return import_vlmeval()
+
+
+
+@pytest.fixture(scope="module")
+def demo(data_root: Path, vlmeval_module):
+    """The four demo benchmarks, written once into the session's data root."""
+    from tango_eval.demo_data import write_demo_benchmarks
+
+    from demo_settings import SAMPLES
+
+    return write_demo_benchmarks(data_root, samples_per_benchmark=SAMPLES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def datasets(demo, vlmeval_module):
+    """VLMEvalKit's dataset object of each benchmark, built as the runner builds them (8 frames)."""
+    import vlmeval.dataset
+
+    from tango_eval.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, dataset_entry
+    from tango_eval.vlmeval_env import captured_output, no_hub_login
+
+    built = {}
+    for name in PAPER_BENCHMARKS:
+        entry = dataset_entry(BENCHMARKS[name], nframe=8)
+        cls = getattr(vlmeval.dataset, str(entry.pop("class")))
+        with no_hub_login(), captured_output(name):
+            built[name] = cls(**entry)
+    return built

@@ -12,36 +12,17 @@ import pytest
 from scipy import ndimage
 
 from tango_core.models.video import probe_video, read_frames
-from tango_eval.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, dataset_entry
+from tango_eval.benchmarks import BENCHMARKS, PAPER_BENCHMARKS
 from tango_eval.demo_data import (COLOURS, MANIFEST_NAME, QUESTIONS, DemoDataError, DemoSample,
                                   demo_manifest, write_demo_benchmarks)
 from tango_eval.records import EMPTY_ANSWER, FAILED_ANSWER
-from tango_eval.vlmeval_env import captured_output, hub_cache_dir, no_hub_login
 
-SAMPLES = 8
+from demo_settings import SAMPLES
+from tango_eval.vlmeval_env import captured_output, hub_cache_dir
+
 # VLMEvalKit's Video-MME / LongVideoBench ratings average empty categories.
 pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
 PLACEHOLDERS = (FAILED_ANSWER, EMPTY_ANSWER)
-
-
-@pytest.fixture(scope="module")
-def demo(data_root: Path, vlmeval_module) -> Dict[str, List[DemoSample]]:
-    """The four demo benchmarks, written once into the session's data root."""
-    return write_demo_benchmarks(data_root, samples_per_benchmark=SAMPLES, seed=0)
-
-
-@pytest.fixture(scope="module")
-def datasets(demo, vlmeval_module) -> Dict[str, object]:
-    """VLMEvalKit's dataset object of each benchmark, built as the runner builds them (8 frames)."""
-    import vlmeval.dataset
-
-    built = {}
-    for name in PAPER_BENCHMARKS:
-        entry = dataset_entry(BENCHMARKS[name], nframe=8)
-        cls = getattr(vlmeval.dataset, str(entry.pop("class")))
-        with no_hub_login(), captured_output(name):
-            built[name] = cls(**entry)
-    return built
 
 
 def natural_answer(sample: DemoSample, letter: str) -> str:

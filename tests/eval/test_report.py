@@ -19,17 +19,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tango_eval.benchmarks import BENCHMARKS, PAPER_BENCHMARKS, dataset_entry
-from tango_eval.demo_data import DemoSample, write_demo_benchmarks
+from tango_eval.benchmarks import BENCHMARKS, PAPER_BENCHMARKS
+from tango_eval.demo_data import DemoSample
 from tango_eval.records import FAILED_ANSWER
 from tango_eval.report import collect_results, main, write_report
 from tango_eval.scores import ScoreFileError, benchmark_accuracy
-from tango_eval.vlmeval_env import captured_output, no_hub_login
+from tango_eval.vlmeval_env import captured_output
+
+from demo_settings import SAMPLES
 
 pytestmark = pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:invalid value encountered")
 
 # (No test argument is called "benchmark": pytest-benchmark, installed here, owns that name.)
-SAMPLES = 8
 MODEL = "llava_onevision"
 TOKENS = 1568.0
 # (method, ratio) -> right answers out of 8 per benchmark; directories are made in this order.
@@ -49,24 +50,6 @@ def natural_answer(sample: DemoSample, letter: str) -> str:
 
 def wrong_letter(sample: DemoSample) -> str:
     return string.ascii_uppercase[(string.ascii_uppercase.index(sample.answer) + 1) % len(sample.options)]
-
-
-@pytest.fixture(scope="module")
-def demo(data_root: Path, vlmeval_module) -> Dict[str, List[DemoSample]]:
-    return write_demo_benchmarks(data_root, samples_per_benchmark=SAMPLES, seed=0)
-
-
-@pytest.fixture(scope="module")
-def datasets(demo, vlmeval_module) -> Dict[str, object]:
-    import vlmeval.dataset
-
-    built = {}
-    for name in PAPER_BENCHMARKS:
-        entry = dataset_entry(BENCHMARKS[name], nframe=8)
-        cls = getattr(vlmeval.dataset, str(entry.pop("class")))
-        with no_hub_login(), captured_output(name):
-            built[name] = cls(**entry)
-    return built
 
 
 def right_mask(run: Tuple[str, float], benchmark: str) -> np.ndarray:
