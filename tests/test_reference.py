@@ -141,3 +141,38 @@ def test_half_precision_inputs(dtype, exact_budget):
     expected = tango_prune(clip.features, clip.saliency, clip.grid, clip.timestamps, config)
     assert torch.equal(half.keep_index, expected.keep_index)
     torch.testing.assert_close(half.kept_features, expected.kept_features)
+
+
+# The fast path's other executors against the oracle: the fused Triton kernels (on the CPU in
+# Triton's interpreter) and the CUDA graphs (where there is a GPU).
+ORACLE_CLIPS = [("mixed", 0.1, "holitom"), ("dynamic", 0.2, "fastvid"), ("static", 0.15, "holitom")]
+
+
+def _oracle_clip(regime: str, ratio: float, segmenter: str, device: str):
+    clip = structured_clip(6, (6, 6), 24, regime, num_scenes=2, seed=7)
+    inputs = [x.to(device) for x in (clip.features, clip.saliency, clip.timestamps)]
+    return inputs, clip.grid, TangoConfig(retention_ratio=ratio, segmenter=segmenter)
+
+
+@pytest.mark.parametrize("regime,ratio,segmenter", ORACLE_CLIPS)
+def test_fused_kernels_keep_what_the_reference_keeps(regime, ratio, segmenter, monkeypatch):
+    from tango_core import ops
+
+    monkeypatch.setattr(ops, "kernels_run_on", lambda device: True)  # kernels on any device
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    (features, saliency, timestamps), grid, config = _oracle_clip(regime, ratio, segmenter, device)
+    fused = tango_prune(features, saliency, grid, timestamps, config.with_execution(cuda_graphs=False))
+    oracle = reference_prune(features.cpu(), saliency.cpu(), grid, timestamps.cpu(), config)
+    assert torch.equal(fused.keep_index.cpu(), oracle.keep_index)
+    torch.testing.assert_close(fused.kept_features.cpu(), oracle.kept_features, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("regime,ratio,segmenter", ORACLE_CLIPS)
+def test_cuda_graphs_keep_what_the_reference_keeps(regime, ratio, segmenter):
+    (features, saliency, timestamps), grid, config = _oracle_clip(regime, ratio, segmenter, "cuda")
+    oracle = reference_prune(features.cpu(), saliency.cpu(), grid, timestamps.cpu(), config)
+    for _ in range(3):  # first sight (eager on the padded tables), capture, replay
+        graphed = tango_prune(features, saliency, grid, timestamps, config)
+        assert torch.equal(graphed.keep_index.cpu(), oracle.keep_index)
+        torch.testing.assert_close(graphed.kept_features.cpu(), oracle.kept_features, rtol=1e-5, atol=1e-6)
