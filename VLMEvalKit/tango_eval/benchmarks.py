@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,6 @@ def resolve_benchmark(name: str) -> Benchmark:
     return BENCHMARKS[_ALIASES[key]]
 
 
-def benchmark_of_dataset(dataset_name: str) -> Optional[Benchmark]:
-    """The benchmark whose VLMEvalKit dataset name is ``dataset_name`` (None for others)."""
-    for benchmark in BENCHMARKS.values():
-        if benchmark.dataset == dataset_name:
-            return benchmark
-    return None
-
-
 def frame_setting(nframe: Optional[int], fps: Optional[float]) -> Dict[str, object]:
     """VLMEvalKit's frame arguments: exactly one of ``nframe`` / ``fps`` (the other disabled)."""
     if (nframe is None) == (fps is None):
@@ -108,10 +100,10 @@ def frame_setting(nframe: Optional[int], fps: Optional[float]) -> Dict[str, obje
 
 def dataset_entry(benchmark: Benchmark, nframe: Optional[int] = None, fps: Optional[float] = None) -> Dict[str, object]:
     """A ``--config`` data entry (VLMEvalKit's format) for ``benchmark``."""
-    entry: Dict[str, object] = {"class": benchmark.cls, "dataset": benchmark.dataset}
-    entry.update(benchmark.options)
+    entry: Dict[str, object] = {"class": benchmark.cls, "dataset": benchmark.dataset, **benchmark.options}
     setting = frame_setting(nframe, fps)
-    entry.update({k: v for k, v in setting.items() if (k == "nframe" and v > 0) or (k == "fps" and v > 0)})
+    key = "nframe" if setting["nframe"] else "fps"
+    entry[key] = setting[key]
     return entry
 
 
@@ -135,7 +127,3 @@ def missing_data(benchmark: Benchmark, hub_cache: Path) -> Optional[str]:
         )
     return None
 
-
-def names(benchmarks: Sequence[Benchmark]) -> List[str]:
-    """Plain names of ``benchmarks``."""
-    return [b.name for b in benchmarks]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .benchmarks import Benchmark, UnknownBenchmark, dataset_entry, missing_data, resolve_benchmark
+from .benchmarks import BENCHMARKS, Benchmark, UnknownBenchmark, dataset_entry, missing_data, resolve_benchmark
 from .models_registry import MODELS, UnknownModel, check_checkpoint, resolve_model, spec_of_class
 from .runner import DatasetRequest, RunOptions
 from .settings import DTYPES, METHODS, SEGMENT_TYPES, ModelSettings
@@ -164,16 +164,6 @@ def parse_dataset_name(name: str) -> Tuple[Benchmark, Dict[str, Any]]:
     return resolve_benchmark(base), overrides
 
 
-def _with_frames(entry: Dict[str, Any], nframe: Optional[int], fps: Optional[float]) -> Dict[str, Any]:
-    """``entry`` with its frame setting replaced by ``nframe`` (or else ``fps``)."""
-    entry = {k: v for k, v in entry.items() if k not in ("nframe", "fps")}
-    if nframe is not None:
-        entry["nframe"] = int(nframe)
-    else:
-        entry["fps"] = float(fps)
-    return entry
-
-
 def _has_one_frame_setting(entry: Dict[str, Any]) -> bool:
     by_count = (entry.get("nframe") or 0) > 0
     by_rate = (entry.get("fps") or -1) > 0
@@ -224,9 +214,9 @@ def _config_plans(args: argparse.Namespace) -> List[ModelPlan]:
     for key, entry in config["data"].items():
         if not isinstance(entry, dict) or "class" not in entry:
             raise UsageError(f"--config data entry {key!r} needs a 'class' (VLMEvalKit runs every rank on the whole dataset otherwise).")
-        benchmark = next((b for b in _benchmarks() if b.cls == entry["class"]), None)
+        benchmark = next((b for b in BENCHMARKS.values() if b.cls == entry["class"]), None)
         if benchmark is None:
-            raise UsageError(f"--config data entry {key!r}: class {entry['class']!r} is not one of {', '.join(b.cls for b in _benchmarks())}.")
+            raise UsageError(f"--config data entry {key!r}: class {entry['class']!r} is not one of {', '.join(b.cls for b in BENCHMARKS.values())}.")
         entry = {"dataset": benchmark.dataset, **benchmark.options, **entry}
         if not _has_one_frame_setting(entry):
             raise UsageError(f"--config data entry {key!r} needs exactly one of 'nframe' or 'fps'.")
@@ -256,23 +246,22 @@ def _config_plans(args: argparse.Namespace) -> List[ModelPlan]:
         values = {k: v for k, v in entry.items() if k != "class"}
         values.update(overrides)
         settings = _settings(spec.name, values)
-        datasets = [DatasetRequest(key, benchmark, _frames_for(entry_, settings, args)) for key, benchmark, entry_ in data_entries]
+        datasets = [DatasetRequest(key, benchmark, _frames_for(entry_, args)) for key, benchmark, entry_ in data_entries]
         plans.append(ModelPlan(name, spec.vlm_class, settings, datasets))
     if not plans:
         raise UsageError(f"--model {' '.join(args.model or [])} matches no model entry of {args.config}.")
     return plans
 
 
-def _benchmarks() -> List[Benchmark]:
-    from .benchmarks import BENCHMARKS
-
-    return list(BENCHMARKS.values())
-
-
-def _frames_for(entry: Dict[str, Any], settings: ModelSettings, args: argparse.Namespace) -> Dict[str, Any]:
-    """A dataset entry's frame setting: --nframe / --fps when given, else the entry's own."""
-    if args.nframe is not None or args.fps is not None:
-        return _with_frames(entry, args.nframe, args.fps)
+def _frames_for(entry: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    """A config data entry with its frame setting replaced by --nframe (or else --fps), when given."""
+    if args.nframe is None and args.fps is None:
+        return entry
+    entry = {k: v for k, v in entry.items() if k not in ("nframe", "fps")}
+    if args.nframe is not None:
+        entry["nframe"] = int(args.nframe)
+    else:
+        entry["fps"] = float(args.fps)
     return entry
 
 

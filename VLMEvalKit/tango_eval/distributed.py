@@ -26,11 +26,6 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
-        """Wait for every process (no-op alone)."""
-        if self.world_size > 1:
-            dist.barrier()
-
     def all_ok(self, ok: bool) -> bool:
         """Wait for every process and tell whether all of them reported ``ok`` (a barrier that
         carries failures, so that no process waits forever for one that gave up)."""

@@ -104,15 +104,3 @@ def check_checkpoint(path: str, spec: ModelSpec, local_only: bool = True) -> Opt
         )
     return None
 
-
-def text_layers(path: str) -> Optional[int]:
-    """Number of language-model layers in a local checkpoint's config (None when not readable)."""
-    config_file = os.path.join(os.path.expanduser(path), "config.json")
-    try:
-        with open(config_file) as handle:
-            config = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    text = config.get("text_config") or config
-    layers = text.get("num_hidden_layers")
-    return int(layers) if layers is not None else None

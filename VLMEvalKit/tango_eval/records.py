@@ -89,10 +89,6 @@ class RecordStore:
             latest[record.index] = record
         return latest
 
-    def all_records(self) -> List[SampleRecord]:
-        """Every record ever written, in file order (for audits: none lost, none done twice)."""
-        return list(self._lines())
-
     def append(self, record: SampleRecord) -> None:
         """Write ``record`` durably (one line, flushed and synced)."""
         self.folder.mkdir(parents=True, exist_ok=True)

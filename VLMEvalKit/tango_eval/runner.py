@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -82,7 +82,6 @@ class DatasetOutcome:
     failed: int = 0
     accuracy: Optional[float] = None
     summary_file: Optional[Path] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
         return f"{self.key}: answered {self.answered}, reused {self.reused}, failed {self.failed}"
@@ -225,9 +224,9 @@ class DatasetRunner:
 
     def _apply_frame_setting(self, dataset) -> None:
         """A dataset's own frame count or rate overrides the model's (VLMEvalKit's rule)."""
-        if getattr(dataset, "nframe", 0) and dataset.nframe > 0:
+        if dataset.nframe > 0:
             self.model.nframe, self.model.fps = int(dataset.nframe), None
-        elif getattr(dataset, "fps", -1) and dataset.fps > 0:
+        elif dataset.fps > 0:
             self.model.nframe, self.model.fps = None, float(dataset.fps)
 
     def _answer(self, dataset, key: str, indices: List[str], mine: List[str], store: RecordStore) -> None:

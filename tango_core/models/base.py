@@ -273,10 +273,10 @@ class TangoVideoLM(ABC):
         (static cache, eager steps), "dynamic" (transformers' DynamicCache), "auto" (graphs on CUDA,
         dynamic elsewhere).
         """
-        mode = getattr(self, "decoding", "auto")
+        mode = self.decoding
         if mode == "dynamic" or (mode == "auto" and self.device.type != "cuda"):
             return None
-        if getattr(self, "_static", None) is None:
+        if self._static is None:
             from .static_decoding import StaticDecoding
 
             text_config = self.model.config.get_text_config(decoder=True)
