@@ -1,17 +1,19 @@
 """Time to first token and decoding speed of the three families at full size, vanilla vs Tango.
 
-Usage (GPU): python benchmarks/speed_7b.py [--families ...] [--repeats 3] [--new-tokens 32] [--json out.json]
+Usage (GPU): python benchmarks/speed_7b.py [--families ...] [--repeats 3] [--new-tokens 32]
+    [--decoding compiled] [--json out.json]
 
 Each family is built at 7B size with random weights (they time like real ones), and answers one
 generated 360x640 clip (frames given as an array: no video decoding) with the default execution:
-frames resized on the GPU (LLaVA), all ViT windows in one attention call (Qwen2.5-VL), decoding on
-a static cache replayed as CUDA graphs (not LLaVA-Video's intra-LLM stage, which decodes on its own
-growing cache). Settings: vanilla and Tango at r = 0.1, 0.15, 0.2 (the paper's settings; LLaVA-Video's
+frames resized on the GPU (LLaVA); Qwen2.5-VL's ViT with all windows in one attention call, its
+MLPs at an aligned width and its blocks compiled; the prompt's prefill and the decoding steps on a
+static cache replayed as CUDA graphs (LLaVA-Video's intra-LLM prefill eagerly), the steps
+``torch.compile``-d with ``--decoding compiled`` (the default here). Settings: vanilla and Tango at r = 0.1, 0.15, 0.2 (the paper's settings; LLaVA-Video's
 pre-LLM ratios 0.121739, 0.182609, 0.243478). Reported per setting, with the profiler's definitions
 (``tango_core.models.profiling``): TTFT (from the call, preprocessing included) and its parts,
 decoding throughput, peak memory, the speed-up of TTFT and of a whole ``--new-tokens``-token answer
-over vanilla. Checks on the same run: graphed decoding gives the growing cache's tokens; the device
-resize stays close to PIL's; the batched ViT windows match transformers' per-window loop.
+over vanilla. Checks on the same run: graphed (and compiled) decoding gives the growing cache's
+tokens; the device resize stays close to PIL's; the fast ViT matches transformers' own.
 """
 
 from __future__ import annotations
@@ -70,30 +72,32 @@ def measure(runner, video: np.ndarray, repeats: int, new_tokens: int) -> dict:
     }
 
 
-def checks(family: str, model, tokenizer, head, video: np.ndarray) -> dict:
+def checks(family: str, model, tokenizer, head, video: np.ndarray, decoding: str) -> dict:
     """Fast paths against the exact ones on this GPU."""
     out = {}
     tango = paper_config(family, 0.1)
-    graphs = adapter(family, model, tokenizer, head, tango)
     dynamic = adapter(family, model, tokenizer, head, tango, decoding="dynamic")
-    for runner in (graphs, dynamic):
-        runner.stop_token_ids = []
-    ids_graphs = graphs.decode(graphs.prepare(video, QUESTION), 32)[0]
+    dynamic.stop_token_ids = []
     ids_dynamic = dynamic.decode(dynamic.prepare(video, QUESTION), 32)[0]
-    out["graphed_decoding_same_tokens"] = bool(torch.equal(ids_graphs, ids_dynamic))
-    out["graphed_decoding_tokens_agreeing"] = int((ids_graphs == ids_dynamic).sum())
+    for mode in sorted({"graphs", decoding}):
+        fast = adapter(family, model, tokenizer, head, tango, decoding=mode)
+        fast.stop_token_ids = []
+        ids = fast.decode(fast.prepare(video, QUESTION), 32)[0]
+        out[f"{mode}_decoding_same_tokens"] = bool(torch.equal(ids, ids_dynamic))
+        out[f"{mode}_decoding_tokens_agreeing"] = int((ids == ids_dynamic).sum())
+        out[f"{mode}_decoding_first_differing_token"] = next((i for i in range(len(ids)) if ids[i] != ids_dynamic[i]), None)
     if family == "qwen2_5_vl":
-        looped = adapter(family, model, tokenizer, head, tango, vision_attention="transformers")
-        batched = adapter(family, model, tokenizer, head, tango, vision_attention="batched")
+        looped = adapter(family, model, tokenizer, head, tango, vision_attention="transformers", vision_blocks="transformers")
+        batched = adapter(family, model, tokenizer, head, tango)
         inputs = looped.prepare_inputs(video, QUESTION)
         with torch.inference_mode():
             a, sa = looped.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
             b, sb = batched.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
-        out["batched_windows_max_abs_diff"] = float((a.float() - b.float()).abs().max())
-        out["batched_windows_saliency_max_abs_diff"] = float((sa - sb).abs().max())
+        out["fast_vit_max_abs_diff"] = float((a.float() - b.float()).abs().max())
+        out["fast_vit_saliency_max_abs_diff"] = float((sa - sb).abs().max())
         keep_a = set(looped.prepare(video, QUESTION).keep_index.tolist())
         keep_b = set(batched.prepare(video, QUESTION).keep_index.tolist())
-        out["batched_windows_keep_jaccard"] = len(keep_a & keep_b) / len(keep_a | keep_b)
+        out["fast_vit_keep_jaccard"] = len(keep_a & keep_b) / len(keep_a | keep_b)
     else:
         pil = adapter(family, model, tokenizer, head, tango, preprocessing="pil")
         gpu = adapter(family, model, tokenizer, head, tango, preprocessing="torch")
@@ -121,6 +125,7 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--decoding", default="compiled", help="the adapters' decoding mode (default compiled)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -132,13 +137,19 @@ def main() -> None:
             video = moving_objects_video(64 if family == "llava_video" else 32)
             settings = [("vanilla", None, None)] + [("tango", r, paper_config(family, r)) for r in RATIOS]
             for label, ratio, tango in settings:
-                result = measure(adapter(family, model, tokenizer, head, tango), video, args.repeats, args.new_tokens)
+                started = time.perf_counter()
+                runner = adapter(family, model, tokenizer, head, tango, decoding=args.decoding)
+                result = measure(runner, video, args.repeats, args.new_tokens)
                 result.update(family=family, setting=label, ratio=ratio, dtype=str(dtype).replace("torch.", ""),
-                              pre_llm_ratio=None if tango is None else tango.retention_ratio)
+                              pre_llm_ratio=None if tango is None else tango.retention_ratio, decoding=args.decoding,
+                              seconds_with_warmup=time.perf_counter() - started)
                 rows.append(result)
-                print(f"done {family} {label} {ratio}: ttft {result['ttft_ms']:.1f} ms", file=sys.stderr, flush=True)
-            verified[family] = checks(family, model, tokenizer, head, video)
+                print(f"done {family} {label} {ratio}: ttft {result['ttft_ms']:.1f} ms, {result['decode_tokens_per_s']:.1f} tok/s "
+                      f"({result['seconds_with_warmup']:.0f} s with warm-up)", file=sys.stderr, flush=True)
+                save(args.json, rows, verified)
+            verified[family] = checks(family, model, tokenizer, head, video, args.decoding)
             print(f"checks {family}: {verified[family]}", file=sys.stderr, flush=True)
+            save(args.json, rows, verified)
             del model, head
             gc.collect()
             torch.cuda.empty_cache()
@@ -164,9 +175,14 @@ def main() -> None:
     print("\nTTFT: call start to the first token (preprocessing included); other: projector, pooling, Tango, splicing;")
     print("tok/s: tokens (the first included) over the call's time after the first token; answer: the whole call.")
     print("\nchecks:", json.dumps(verified, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "checks": verified, "gpu": torch.cuda.get_device_name(),
-                                         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}, indent=1))
+    save(args.json, rows, verified)
+
+
+def save(path, rows, verified) -> None:
+    """The JSON so far (written after every setting: a run cut short keeps what it measured)."""
+    if path:
+        path.write_text(json.dumps({"rows": rows, "checks": verified, "gpu": torch.cuda.get_device_name(),
+                                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def adapter_options(settings: ModelSettings) -> Dict[str, Any]:
     """Family-specific keyword arguments of ``load_tango_model``."""
     family = settings.spec.family
     options: Dict[str, Any] = {}
+    if settings.decoding:
+        options["decoding"] = settings.decoding
     if family in ("llava_onevision", "llava_video"):
         options["num_frames"] = int(settings.nframe) if settings.nframe else None
         if settings.siglip_path:

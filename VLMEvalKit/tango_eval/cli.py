@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .benchmarks import BENCHMARKS, Benchmark, UnknownBenchmark, dataset_entry, missing_data, resolve_benchmark
 from .models_registry import MODELS, UnknownModel, check_checkpoint, resolve_model, spec_of_class
 from .runner import DatasetRequest, RunOptions
-from .settings import DTYPES, METHODS, SEGMENT_TYPES, ModelSettings
+from .settings import DECODING, DTYPES, METHODS, SEGMENT_TYPES, ModelSettings
 
 LOG = logging.getLogger("tango_eval")
 
@@ -60,7 +60,7 @@ NO_EFFECT_FLAGS: Dict[str, int] = {  # flag -> number of values
 }
 TANGO_FIELDS = ("method", "retain_ratio", "pre_retain_ratio", "pruned_layer", "llm_retain_ratio", "segment_type",
                 "similarity_threshold", "context_ratio", "num_neighbors", "nframe", "fps", "max_new_tokens",
-                "dtype", "device", "attn_implementation", "siglip_path", "model_path", "demo")
+                "dtype", "device", "attn_implementation", "decoding", "siglip_path", "model_path", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     harness.add_argument("--dtype", choices=DTYPES, help="model dtype (default: fp16 LLaVA / bf16 Qwen on CUDA, fp32 on CPU)")
     harness.add_argument("--device", help="device (default: this process's GPU, else CPU)")
     harness.add_argument("--attn-implementation", help="transformers attention (default: flash_attention_2 if installed, else sdpa)")
+    harness.add_argument("--decoding", choices=DECODING,
+                         help="auto (default: static cache + CUDA graphs on CUDA), compiled (also torch.compile: faster "
+                              "steps, about a minute of compiling once per process), graphs, static, dynamic")
     harness.add_argument("--siglip-path", help="LLaVA: SigLIP checkpoint with the attention-pooling head")
     harness.add_argument("--fresh", action="store_true", help="discard earlier answers in the work dir and start over")
     harness.add_argument("--profile", action="store_true",

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 from tango_core.config import paper_similarity_threshold
 from tango_core.intra_llm import IntraLLMConfig
+from tango_core.models.base import DECODING
 
 from .models_registry import ModelSpec, resolve_model
 
@@ -42,6 +43,9 @@ class ModelSettings:
     num_neighbors: Tango's knobs. nframe / fps: frames per video (a dataset's own setting
     overrides them, as in VLMEvalKit). max_new_tokens: answer budget (greedy). dtype / device /
     attn_implementation: execution (defaults: the paper's dtype on CUDA, float32 on CPU).
+    decoding: the adapters' decoding mode (``auto``, ``graphs``, ``compiled``, ``static``,
+    ``dynamic``; default ``auto``: CUDA graphs on CUDA; ``compiled`` adds torch.compile, about a
+    minute once per process, for long runs).
     siglip_path: the SigLIP checkpoint with the attention-pooling head (LLaVA). demo: the model is
     a tiny random-weight demo model (results are labelled so).
     """
@@ -63,6 +67,7 @@ class ModelSettings:
     dtype: Optional[str] = None
     device: Optional[str] = None
     attn_implementation: Optional[str] = None
+    decoding: Optional[str] = None
     siglip_path: Optional[str] = None
     demo: bool = False
 
@@ -90,6 +95,8 @@ class ModelSettings:
         """Raise ValueError with a message that says what to pass instead."""
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.decoding is not None and self.decoding not in DECODING:
+            raise ValueError(f"--decoding must be one of {', '.join(DECODING)}, got {self.decoding!r}.")
         for name in ("retain_ratio", "pre_retain_ratio", "llm_retain_ratio"):
             value = getattr(self, name)
             if value is not None and not _is_ratio(value):
@@ -154,6 +161,8 @@ class ModelSettings:
         """The fields that decide the answers (what a resumed run must share with the first one)."""
         decided = self.to_dict()
         decided.pop("device", None)  # cuda:0 and cuda:1 give the same answers
+        if self.decoding is None:
+            decided.pop("decoding", None)  # runs from before the setting existed resume
         if self.method == "vanilla":
             for name in ("retain_ratio", "pre_retain_ratio", "pruned_layer", "llm_retain_ratio", "segment_type",
                          "similarity_threshold", "context_ratio", "num_neighbors"):

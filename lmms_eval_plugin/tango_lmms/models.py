@@ -4,7 +4,7 @@
 method (tango | vanilla), retention_ratio, pre_retention_ratio, pruned_layer, llm_retention_ratio
 (LLaVA-Video's intra-LLM stage), segment_type, similarity_threshold, context_ratio, num_neighbors,
 max_frames_num (frames per video; default the paper's), fps (instead of a frame count),
-max_new_tokens (default: the task's, else 16), dtype, device, attn_implementation, siglip_path,
+max_new_tokens (default: the task's, else 16), dtype, device, attn_implementation, decoding, siglip_path,
 profile (True: spec section 9's metrics per request; table in the log), profile_dir (where
 ``tango_lmms_profile.json`` / ``.csv`` go; default ./tango_lmms_profile). Greedy decoding always.
 """
@@ -50,6 +50,7 @@ class TangoLMMS(lmms):
         dtype: Optional[str] = None,
         device: Optional[str] = None,
         attn_implementation: Optional[str] = None,
+        decoding: Optional[str] = None,
         siglip_path: Optional[str] = None,
         profile: bool = False,
         profile_dir: str = "tango_lmms_profile",
@@ -69,7 +70,7 @@ class TangoLMMS(lmms):
             segment_type=segment_type, similarity_threshold=similarity_threshold, context_ratio=float(context_ratio),
             num_neighbors=int(num_neighbors), max_new_tokens=int(max_new_tokens or 16), dtype=dtype,
             device=device if device and device != "cuda" else None, attn_implementation=attn_implementation,
-            siglip_path=siglip_path, **frames,
+            decoding=decoding, siglip_path=siglip_path, **frames,
         )
         self.max_new_tokens = max_new_tokens
         self.adapter = load_adapter(self.settings)

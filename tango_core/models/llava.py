@@ -33,7 +33,7 @@ from torch import nn
 from ..config import TangoConfig
 from ..intra_llm import IntraLLMConfig
 from .families import get_family
-from .base import KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
+from .base import DECODING, KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
 from .video import to_clip
 
@@ -74,9 +74,10 @@ class LlavaTango(TangoVideoLM):
         reference's image processor does (CPU); ``"torch"`` resizes all frames at once on the
         model's device (antialiased bicubic, rounded to integers like PIL's output; within a grey
         level of PIL's); ``"auto"`` (default): torch on CUDA, PIL elsewhere.
-    decoding: ``"graphs"``, ``"static"``, ``"dynamic"`` or ``"auto"`` (see
-        :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`); the intra-LLM stage always
-        decodes on its own growing cache.
+    decoding: ``"graphs"``, ``"compiled"``, ``"static"``, ``"dynamic"`` or ``"auto"`` (see
+        :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`); the intra-LLM stage's
+        prefill runs eagerly (its steps are graphed), and with ``reference_bidirectional_bug`` it
+        decodes on a growing cache.
     """
 
     def __init__(
@@ -97,6 +98,8 @@ class LlavaTango(TangoVideoLM):
     ) -> None:
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}.")
+        if decoding not in DECODING:
+            raise ValueError(f"decoding must be one of {DECODING}, got {decoding!r}.")
         if family not in LLAVA_FAMILIES:
             raise ValueError(f"Unknown LLaVA family {family!r}; choose one of {LLAVA_FAMILIES}.")
         config = model.config
@@ -121,6 +124,7 @@ class LlavaTango(TangoVideoLM):
         self.intra_llm = intra_llm
         # K is resolved (and checked) now, so that a bad K fails at load time.
         self.intra_llm_layer = intra_llm.resolved_layer(self.num_layers) if intra_llm is not None else None
+        self._intra_runner = None
         vision = config.vision_config
         self.patch_grid = int(vision.image_size) // int(vision.patch_size)
 
@@ -318,51 +322,53 @@ class LlavaTango(TangoVideoLM):
     # -- language model ------------------------------------------------------------------------
 
     def _runner(self):
-        """The intra-LLM runner over the model's Qwen2 language model."""
+        """The intra-LLM runner over the model's Qwen2 language model (one per setting, kept: its
+        decoding step is what a captured graph replays)."""
         from .qwen2_intra_llm import IntraLLMQwen2Runner
 
-        return IntraLLMQwen2Runner(
-            self.model.model.language_model,
-            prune_layer=self.intra_llm_layer,
-            keep_ratio=self.intra_llm.keep_ratio,
-            merge_weight=self.intra_llm.merge_weight,
-            reference_bidirectional_bug=self.intra_llm.reference_bidirectional_bug,
-        )
+        settings = (self.intra_llm_layer, self.intra_llm.keep_ratio, self.intra_llm.merge_weight,
+                    self.intra_llm.reference_bidirectional_bug)
+        if self._intra_runner is None or self._intra_runner[0] != settings:
+            runner = IntraLLMQwen2Runner(
+                self.model.model.language_model,
+                prune_layer=settings[0],
+                keep_ratio=settings[1],
+                merge_weight=settings[2],
+                reference_bidirectional_bug=settings[3],
+            )
+            self._intra_runner = (settings, runner)
+        return self._intra_runner[1]
 
     def start(self, prefill: Prefill) -> Tuple[torch.Tensor, Any]:
         """Run the prompt (LLaVA-Video pruning again at layer K); logits (1, V) and the cache."""
-        if self.uses_intra_llm:  # its layers hold caches of two lengths: a growing cache
+        static = self._static_decoding()
+        if self.uses_intra_llm:  # its two groups of layers hold caches of two lengths
             runner = self._runner()
             visual_end = prefill.visual_start + prefill.visual_length
-            hidden, cache = runner.prefill(prefill.inputs_embeds, None, prefill.visual_start, visual_end)
+            static = None if self.intra_llm.reference_bidirectional_bug else static
+            key_values = static.cache(prefill.inputs_embeds.shape[1] + prefill.max_new_tokens) if static is not None else None
+            hidden, cache = runner.prefill(prefill.inputs_embeds, None, prefill.visual_start, visual_end, key_values=key_values)
             prefill.stats.visual_tokens_after_intra_llm = int(cache.num_visual_kept)
-            return self.model.lm_head(hidden[:, -1]), (runner, cache)
-        static = self._static_decoding()
+            state = ("intra_static", runner, cache) if static is not None else (runner, cache)
+            return self.model.lm_head(hidden[:, -1]), state
         if static is not None:
             length = prefill.inputs_embeds.shape[1]
             cache = static.cache(length + prefill.max_new_tokens)
-            slots = torch.arange(length, device=self.device)
-            output = self.model.model.language_model(
-                inputs_embeds=prefill.inputs_embeds, past_key_values=cache, cache_position=slots, position_ids=slots[None], use_cache=True
-            )
-            return self.model.lm_head(output.last_hidden_state[:, -1]), ("static", cache, length)
+            positions = torch.arange(length, device=self.device)[None]
+            return static.prefill(_static_prefill, cache, prefill.inputs_embeds, positions), ("static", cache, length)
         output = self.model.model.language_model(inputs_embeds=prefill.inputs_embeds, use_cache=True)
         return self.model.lm_head(output.last_hidden_state[:, -1]), (None, output.past_key_values)
-
-    def _static_step(self, token: torch.Tensor, slot: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-        """One decoding step on a static cache (captured as a CUDA graph on CUDA)."""
-        embeds = self.model.get_input_embeddings()(token)
-        output = self.model.model.language_model(
-            inputs_embeds=embeds, past_key_values=cache, cache_position=slot, position_ids=position, use_cache=True
-        )
-        return self.model.lm_head(output.last_hidden_state[:, -1])
 
     def step(self, token: torch.Tensor, state: Any, n: int) -> Tuple[torch.Tensor, Any]:
         """Feed one token (1,) through the cached language model."""
         if state[0] == "static":
             _, cache, length = state
             position = torch.full((1, 1), length + n, dtype=torch.long)
-            return self._static_decoding().step(self._static_step, cache, token, length + n, position), state
+            return self._static_decoding().step(_static_step, cache, token, length + n, position), state
+        if state[0] == "intra_static":
+            _, runner, cache = state
+            position = torch.full((1, 1), cache.next_position + n, dtype=torch.long)
+            return self._static_decoding().step(runner.static_step, cache.key_values, token, n, position), state
         runner, cache = state
         token_embeds = self.model.get_input_embeddings()(token[:, None])  # (1, 1, D)
         if runner is not None:
@@ -371,6 +377,23 @@ class LlavaTango(TangoVideoLM):
             output = self.model.model.language_model(inputs_embeds=token_embeds, past_key_values=cache, use_cache=True)
             hidden, cache = output.last_hidden_state, output.past_key_values
         return self.model.lm_head(hidden[:, -1]), (runner, cache)
+
+
+def _static_prefill(model, embeds: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, last: torch.Tensor, cache) -> torch.Tensor:
+    """The prompt (1, S, D) into a static cache at ``slots`` (S,): logits (1, V) of the token at ``last`` (1,)."""
+    output = model.model.language_model(
+        inputs_embeds=embeds, past_key_values=cache, cache_position=slots, position_ids=positions, use_cache=True
+    )
+    return model.lm_head(output.last_hidden_state.index_select(1, last)[:, 0])
+
+
+def _static_step(model, token: torch.Tensor, slot: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+    """One decoding step on a static cache (captured as a CUDA graph on CUDA)."""
+    embeds = model.get_input_embeddings()(token)
+    output = model.model.language_model(
+        inputs_embeds=embeds, past_key_values=cache, cache_position=slot, position_ids=position, use_cache=True
+    )
+    return model.lm_head(output.last_hidden_state[:, -1])
 
 
 def _stop_tokens(tokenizer) -> List[int]:

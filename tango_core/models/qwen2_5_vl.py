@@ -37,11 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from .base import KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
+from .base import DECODING, KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from . import vision_attention
+from .fast_blocks import FastBlocks
 from .video import check_frames, probe_video, read_frames
 
 VISION_ATTENTION: Tuple[str, ...] = ("auto", "batched", "transformers")
+VISION_BLOCKS: Tuple[str, ...] = ("auto", "compiled", "padded", "transformers")
 
 # qwen-vl-utils' video constants (fetch_video / smart_nframes).
 IMAGE_FACTOR: int = 28
@@ -263,7 +265,7 @@ def merged_token_saliency(
 class _SaliencyProbe:
     """Forward hooks on the last ViT block that compute the merged-token saliency (read-only)."""
 
-    def __init__(self, visual: torch.nn.Module, grid_thw: torch.Tensor) -> None:
+    def __init__(self, visual: torch.nn.Module, grid_thw: torch.Tensor, window_index: Optional[torch.Tensor] = None) -> None:
         depth = len(visual.blocks)
         if (depth - 1) not in set(int(i) for i in visual.fullatt_block_indexes):
             raise ValueError(
@@ -276,9 +278,9 @@ class _SaliencyProbe:
         self.num_heads = int(self.block.attn.num_heads)
         self.merge_unit = int(visual.spatial_merge_unit)
         self.grid_t = int(grid_thw[0, 0])
-        self.window_index, _ = get_vision_window_index(
-            grid_thw.cpu(), visual.spatial_merge_size, visual.window_size, visual.patch_size
-        )
+        if window_index is None:
+            window_index, _ = get_vision_window_index(grid_thw.cpu(), visual.spatial_merge_size, visual.window_size, visual.patch_size)
+        self.window_index = window_index
         self.rotary: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self.saliency: Optional[torch.Tensor] = None
         self.handles: List[Any] = []
@@ -355,6 +357,7 @@ class QwenPrefill(Prefill):
     rope_deltas: Optional[torch.Tensor] = None
     video_positions: Optional[torch.Tensor] = None
     visual: Optional[VisualTokens] = None
+    first_new_position: int = 0  # M-RoPE id of the first generated token: full_length + rope_deltas
 
     @property
     def features(self) -> torch.Tensor:
@@ -404,7 +407,12 @@ class Qwen25VLTango(TangoVideoLM):
     processor configuration (from ``preprocessor_config.json`` in :meth:`from_pretrained`).
     ``vision_attention``: ``"batched"`` runs all of the ViT's attention windows in one call per
     layer (:mod:`~tango_core.models.vision_attention`), ``"transformers"`` its per-window loop
-    under sdpa, ``"auto"`` (default) batched on CUDA.
+    under sdpa, ``"auto"`` (default) batched on CUDA. ``vision_blocks``: ``"padded"`` runs the
+    ViT's MLPs at a width of a multiple of 64 (3420 -> 3456: aligned matrix products, the same
+    sums), ``"compiled"`` also ``torch.compile``-s every ViT block but the last (whose hooks give the
+    saliency; a few seconds on the first call of each video size), ``"transformers"`` the blocks as
+    they are, ``"auto"`` (default) compiled on CUDA (:mod:`~tango_core.models.fast_blocks`).
+    ``decoding``: see :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`.
     """
 
     family = "qwen2_5_vl"
@@ -428,10 +436,15 @@ class Qwen25VLTango(TangoVideoLM):
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
         vision_attention: str = "auto",
+        vision_blocks: str = "auto",
         decoding: str = "auto",
     ) -> None:
+        if decoding not in DECODING:
+            raise ValueError(f"decoding must be one of {DECODING}, got {decoding!r}.")
         if vision_attention not in VISION_ATTENTION:
             raise ValueError(f"vision_attention must be one of {VISION_ATTENTION}, got {vision_attention!r}.")
+        if vision_blocks not in VISION_BLOCKS:
+            raise ValueError(f"vision_blocks must be one of {VISION_BLOCKS}, got {vision_blocks!r}.")
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -458,6 +471,9 @@ class Qwen25VLTango(TangoVideoLM):
         self.image_mean = tuple(float(v) for v in image_mean)
         self.image_std = tuple(float(v) for v in image_std)
         self.vision_attention = vision_attention
+        self.vision_blocks = vision_blocks
+        self._fast_blocks: Optional[FastBlocks] = None
+        self._vision_table_cache: Dict[tuple, Dict[str, Any]] = {}
         self.decoding = decoding
 
     # -- loading -------------------------------------------------------------------------------
@@ -484,7 +500,7 @@ class Qwen25VLTango(TangoVideoLM):
         option_names = (
             "chat_template", "num_frames", "fps", "min_frames", "max_frames", "video_min_pixels",
             "video_max_pixels", "video_total_pixels", "processor_min_pixels", "processor_max_pixels",
-            "image_mean", "image_std", "vision_attention", "decoding",
+            "image_mean", "image_std", "vision_attention", "vision_blocks", "decoding",
         )
         if "siglip_path" in kw:
             raise ValueError("siglip_path applies to the LLaVA families only; Qwen2.5-VL takes saliency from its own ViT.")
@@ -606,25 +622,73 @@ class Qwen25VLTango(TangoVideoLM):
         (:mod:`~tango_core.models.vision_attention`) when batching, else transformers' own."""
         config = self.model.model.visual.config
         current = config._attn_implementation
-        batched = self.vision_attention == "batched" or (
-            self.vision_attention == "auto" and self.device.type == "cuda" and current in ("sdpa", "eager")
-        )
-        if batched:
+        if self._batches_windows():
             config._attn_implementation = vision_attention.register()
         try:
             yield
         finally:
             config._attn_implementation = current
 
+    def _batches_windows(self) -> bool:
+        config = self.model.model.visual.config
+        return self.vision_attention == "batched" or (
+            self.vision_attention == "auto" and self.device.type == "cuda" and config._attn_implementation in ("sdpa", "eager")
+        )
+
+    def vision_tables(self, grid_thw: torch.Tensor) -> Dict[str, Any]:
+        """The ViT's index tables for one video grid, made by transformers' own helpers once per grid
+        and kept on the device (rebuilt per call they cost milliseconds of Python and host syncs):
+        rotary position ids, window order and the full and windowed sequence bounds with their
+        longest lengths, as the keyword arguments that the ViT's forward accepts instead."""
+        from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
+
+        visual = self.model.model.visual
+        key = (str(grid_thw.device),) + tuple(int(v) for v in grid_thw.reshape(-1).tolist())
+        tables = self._vision_table_cache.get(key)
+        if tables is None:
+            window_index, cu_window = get_vision_window_index(grid_thw.cpu(), visual.spatial_merge_size, visual.window_size, visual.patch_size)
+            cu_seqlens, _ = get_vision_attention_seqlens(grid_thw, visual.config)
+            cu_window = torch.as_tensor(cu_window, dtype=torch.int32).to(grid_thw.device)
+            tables = {
+                "position_ids": get_vision_position_ids(grid_thw, visual.spatial_merge_size),
+                "cu_seqlens": cu_seqlens,
+                "max_seqlen": int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
+                "window_index": window_index.to(grid_thw.device),
+                "cu_window_seqlens": cu_window,
+                "max_window_seqlen": int((cu_window[1:] - cu_window[:-1]).max()),
+            }
+            self._vision_table_cache[key] = tables
+            while len(self._vision_table_cache) > 16:
+                self._vision_table_cache.pop(next(iter(self._vision_table_cache)))
+        return tables
+
+    def _vision_features(self, pixels: torch.Tensor, grid_thw: torch.Tensor, tables: Optional[Dict[str, Any]]):
+        """transformers' ``get_video_features``, with the fast ViT blocks that ``vision_blocks`` asks
+        for and the cached index ``tables`` (None: computed by transformers in the call)."""
+        mode = self.vision_blocks
+        if mode == "auto":
+            mode = "compiled" if self.device.type == "cuda" else "transformers"
+        tables = dict(tables or {})  # the ViT pops what it uses
+        if mode == "transformers":
+            return self.model.model.get_video_features(pixels, grid_thw, **tables)
+        if self._fast_blocks is None or bool(self._fast_blocks.compiled) != (mode == "compiled"):
+            blocks = self.model.model.visual.blocks
+            compiled = range(len(blocks) - 1) if mode == "compiled" else ()  # the last one carries the saliency hooks
+            self._fast_blocks = FastBlocks(blocks, pad_multiple=64, compiled=compiled)
+        return self._fast_blocks.run(self.model.model.get_video_features, pixels, grid_thw, **tables)
+
     def encode_video(self, pixels: torch.Tensor, grid_thw: torch.Tensor, with_saliency: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Video embeddings (Nv, D) after the merger in LLM order and, if asked, saliency (grid_t, L)."""
+        """Video embeddings (Nv, D) after the merger in LLM order and, if asked, saliency (grid_t, L).
+
+        With batched window attention the ViT's index tables come from :meth:`vision_tables`."""
         core = self.model.model
+        tables = self.vision_tables(grid_thw) if self._batches_windows() else None
         if not with_saliency:
             with self._window_attention():
-                return torch.cat(core.get_video_features(pixels, grid_thw).pooler_output, dim=0), None
-        probe = _SaliencyProbe(core.visual, grid_thw)
+                return torch.cat(self._vision_features(pixels, grid_thw, tables).pooler_output, dim=0), None
+        probe = _SaliencyProbe(core.visual, grid_thw, tables["window_index"] if tables else None)
         with probe.attached(), self._window_attention():
-            out = core.get_video_features(pixels, grid_thw)
+            out = self._vision_features(pixels, grid_thw, tables)
         if probe.saliency is None:
             raise RuntimeError("The saliency hooks did not fire; is the ViT's last block bypassed?")
         return torch.cat(out.pooler_output, dim=0), probe.saliency
@@ -686,32 +750,25 @@ class Qwen25VLTango(TangoVideoLM):
             rope_deltas=rope_deltas,
             video_positions=video_positions,
             visual=visual,
+            first_new_position=full_length + int(rope_deltas.reshape(-1)[0]),
         )
 
     # -- language model ------------------------------------------------------------------------
 
     def decode_positions(self, prefill: QwenPrefill, step: int, count: int = 1) -> torch.Tensor:
         """M-RoPE ids (3, 1, count) of generated tokens ``step .. step+count-1`` (0: the first one)."""
-        base = prefill.full_length + step + int(prefill.rope_deltas.reshape(-1)[0])
+        base = prefill.first_new_position + step
         pos = torch.arange(base, base + count, device=self.device)
         return pos.view(1, 1, -1).expand(3, 1, -1)
 
     def start(self, prefill: QwenPrefill) -> Tuple[torch.Tensor, Any]:
         """Run the (pruned) prompt with its original M-RoPE positions."""
         static = self._static_decoding(position_shape=(3, 1, 1))
-        if static is not None:
+        if static is not None:  # one prompt, no padding in it: the causal mask is all it needs
             length = prefill.inputs_embeds.shape[1]
             cache = static.cache(length + prefill.max_new_tokens)
-            out = self.model(
-                inputs_embeds=prefill.inputs_embeds,
-                position_ids=prefill.position_ids,
-                attention_mask=prefill.attention_mask,
-                past_key_values=cache,
-                cache_position=torch.arange(length, device=self.device),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            return out.logits[:, -1], ("static", prefill, cache, length)
+            logits = static.prefill(_static_prefill, cache, prefill.inputs_embeds, prefill.position_ids)
+            return logits, ("static", prefill, cache, length)
         out = self.model(
             inputs_embeds=prefill.inputs_embeds,
             position_ids=prefill.position_ids,
@@ -721,22 +778,12 @@ class Qwen25VLTango(TangoVideoLM):
         )
         return out.logits[:, -1], (prefill, out.past_key_values, prefill.attention_mask)
 
-    def _static_step(self, token: torch.Tensor, slot: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-        """One decoding step on a static cache (captured as a CUDA graph on CUDA); no attention mask
-        needed: the prompt has no padding, and the cache slot bounds what is attended to."""
-        core = self.model.model
-        out = core.language_model(
-            inputs_embeds=core.get_input_embeddings()(token), position_ids=position, past_key_values=cache,
-            cache_position=slot, use_cache=True,
-        )
-        return self.model.lm_head(out.last_hidden_state[:, -1])
-
     def step(self, token: torch.Tensor, state: Any, n: int) -> Tuple[torch.Tensor, Any]:
         """Feed generated token ``n`` at position S + n + rope_deltas (the unpruned sequence's)."""
         if state[0] == "static":
             _, prefill, cache, length = state
             position = self.decode_positions(prefill, n)
-            logits = self._static_decoding((3, 1, 1)).step(self._static_step, cache, token, length + n, position)
+            logits = self._static_decoding((3, 1, 1)).step(_static_step, cache, token, length + n, position)
             return logits, state
         prefill, cache, mask = state
         mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
@@ -749,3 +796,22 @@ class Qwen25VLTango(TangoVideoLM):
             logits_to_keep=1,
         )
         return out.logits[:, -1], (prefill, out.past_key_values, mask)
+
+
+def _static_prefill(model, embeds: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, last: torch.Tensor, cache) -> torch.Tensor:
+    """The prompt (1, S, D) at M-RoPE ids (3, 1, S) into a static cache at ``slots`` (S,): logits
+    (1, V) of the token at ``last`` (1,)."""
+    core = model.model
+    out = core.language_model(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, cache_position=slots, use_cache=True)
+    return model.lm_head(out.last_hidden_state.index_select(1, last)[:, 0])
+
+
+def _static_step(model, token: torch.Tensor, slot: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+    """One decoding step on a static cache (captured as a CUDA graph on CUDA); no attention mask
+    needed: the prompt has no padding, and the cache slot bounds what is attended to."""
+    core = model.model
+    out = core.language_model(
+        inputs_embeds=core.get_input_embeddings()(token), position_ids=position, past_key_values=cache,
+        cache_position=slot, use_cache=True,
+    )
+    return model.lm_head(out.last_hidden_state[:, -1])

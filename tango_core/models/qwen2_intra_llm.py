@@ -9,8 +9,12 @@ position ``last_position + 1 + t`` in every layer; each layer attends to its own
 below K, S' from K on).
 
 The transformers modules of the model are reused as they are: decoder layers, rotary embedding,
-final norm, ``DynamicCache`` and the mask helpers of ``transformers.masking_utils`` (so sdpa,
-eager, flash and flex attention all get the mask format they expect). Batch size 1 only.
+final norm, ``DynamicCache`` (or a ``StaticCache`` handed in: its layers keep their own write
+positions, so the two groups of layers simply hold different lengths) and the mask helpers of
+``transformers.masking_utils`` (so sdpa, eager, flash and flex attention all get the mask format
+they expect). Batch size 1 only. :meth:`IntraLLMQwen2Runner.static_step` is a decoding step whose
+position comes in a tensor, for :class:`~tango_core.models.static_decoding.StaticDecoding` to
+replay as a CUDA graph.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
@@ -33,8 +37,9 @@ __all__ = ["IntraLLMCache", "IntraLLMQwen2Runner"]
 class IntraLLMCache:
     """Key/value cache of a pruned prefill, grown in place by each decode step.
 
-    key_values: one ``DynamicCache`` for all layers; layers ``< prune_layer`` hold
-        ``full_length + t`` entries, layers ``>= prune_layer`` hold ``kept_length + t``.
+    key_values: one cache for all layers (``DynamicCache``, or the ``StaticCache`` given to the
+        prefill); layers ``< prune_layer`` hold ``full_length + t`` entries, layers
+        ``>= prune_layer`` hold ``kept_length + t``.
     keep_positions: (S',) sorted indices into the prompt of the tokens kept from layer K on.
     next_position: position id the next decoded token gets (S + t with default positions).
     """
@@ -174,12 +179,15 @@ class IntraLLMQwen2Runner:
         position_ids: Optional[Tensor],
         visual_start: int,
         visual_end: int,
+        key_values: Optional[Cache] = None,
     ) -> Tuple[Tensor, IntraLLMCache]:
         """Prefill the prompt with pruning at layer K.
 
         inputs_embeds: (1, S, D). position_ids: (1, S) or None for 0 .. S-1.
         visual_start, visual_end: the visual span ``[visual_start, visual_end)``; it must end before
         the last token (the last token is the query whose attention ranks the visual tokens).
+        key_values: an empty (or rewound) cache to fill; default a new ``DynamicCache``. A static
+        cache cannot serve ``reference_bidirectional_bug`` (its mask would cover the empty slots).
         Returns the final-normed hidden states (1, S', D) of the kept tokens (last row = last prompt
         token) and the cache to decode from.
         """
@@ -200,7 +208,9 @@ class IntraLLMQwen2Runner:
         position_ids = position_ids.to(device=device, dtype=torch.long)
         k_layer = self.prune_layer
 
-        cache = DynamicCache(config=self.config)
+        if key_values is not None and self.reference_bidirectional_bug and getattr(key_values, "is_compileable", False):
+            raise ValueError("reference_bidirectional_bug needs a growing cache: pass key_values=None.")
+        cache = DynamicCache(config=self.config) if key_values is None else key_values
         cos, sin = self.model.rotary_emb(inputs_embeds, position_ids)  # (1, S, hd) each
         hidden = inputs_embeds
         causal = self._causal_mask(hidden, cache, position_ids, layer_idx=0)
@@ -216,7 +226,7 @@ class IntraLLMQwen2Runner:
                            use_cache=True, is_causal=False)
         else:
             hidden = self._run_layers(hidden, range(k_layer - 1, k_layer), causal, (cos, sin), cache)
-        keys = cache.layers[k_layer - 1].keys
+        keys = cache.layers[k_layer - 1].keys[:, :, :seq_len]  # a static layer holds empty slots after these
         last_row = self._last_row_attention(layer, hidden_in, cos, sin, keys)
 
         result = merge_and_prune_visual(
@@ -248,15 +258,25 @@ class IntraLLMQwen2Runner:
             raise ValueError(f"token_embeds must be (1, 1, D), got shape {tuple(token_embeds.shape)}.")
         if cache.prune_layer != self.prune_layer:
             raise ValueError(f"cache was built with prune_layer={cache.prune_layer}, runner has {self.prune_layer}.")
-        kv = cache.key_values
         position_ids = torch.full((1, 1), cache.next_position, device=token_embeds.device, dtype=torch.long)
+        hidden = self.step_layers(token_embeds, position_ids, cache.key_values)
+        cache.next_position += 1
+        return hidden, cache
+
+    def step_layers(self, token_embeds: Tensor, position_ids: Tensor, key_values: Cache) -> Tensor:
+        """Every layer on one new token (1, 1, D) at position_ids (1, 1), each layer attending to its
+        own cache (grown by one): final-normed hidden (1, 1, D). No host synchronisation."""
         rope = self.model.rotary_emb(token_embeds, position_ids)
         k_layer = self.prune_layer
-        hidden = token_embeds
         # Masks are sized from the cache before the layers grow it (a q_len of 1 sees every entry).
-        low = self._causal_mask(hidden, kv, position_ids, layer_idx=0)
-        high = self._causal_mask(hidden, kv, position_ids, layer_idx=k_layer)
-        hidden = self._run_layers(hidden, range(k_layer), low, rope, kv)
-        hidden = self._run_layers(hidden, range(k_layer, self.num_layers), high, rope, kv)
-        cache.next_position += 1
-        return self.model.norm(hidden), cache
+        low = self._causal_mask(token_embeds, key_values, position_ids, layer_idx=0)
+        high = self._causal_mask(token_embeds, key_values, position_ids, layer_idx=k_layer)
+        hidden = self._run_layers(token_embeds, range(k_layer), low, rope, key_values)
+        hidden = self._run_layers(hidden, range(k_layer, self.num_layers), high, rope, key_values)
+        return self.model.norm(hidden)
+
+    def static_step(self, model: nn.Module, token: Tensor, slot: Tensor, position: Tensor, key_values: Cache) -> Tensor:
+        """A :class:`~tango_core.models.static_decoding.StaticDecoding` step body: token (1, 1) at
+        position (1, 1) -> logits (1, V) of ``model``'s head (each layer's cache knows its own slot)."""
+        hidden = self.step_layers(model.get_input_embeddings()(token), position, key_values)
+        return model.lm_head(hidden[:, -1])

@@ -85,7 +85,8 @@ def batched_windows_attention(
     **kwargs,
 ) -> Tuple[torch.Tensor, None]:
     """An ``AttentionInterface`` function: (1, heads, T, d) packed windows -> ((1, T, heads, d), None)."""
-    if cu_seq_lens_q is None or (cu_seq_lens_k is not None and not torch.equal(cu_seq_lens_q, cu_seq_lens_k)):
+    different_keys = cu_seq_lens_k is not None and cu_seq_lens_k is not cu_seq_lens_q  # (torch.equal would break a compiled graph)
+    if cu_seq_lens_q is None or (different_keys and not torch.equal(cu_seq_lens_q, cu_seq_lens_k)):
         raise ValueError("batched window attention needs the same window boundaries for queries and keys.")
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # (T, heads, d)
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and varlen_available(q.device, q.dtype):

@@ -428,3 +428,35 @@ def test_padded_window_attention_is_attention_within_each_window():
         scores = torch.einsum("qhd,khd->hqk", q[start:end], k[start:end]) * 0.3
         expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[start:end])
         torch.testing.assert_close(got[start:end], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vit_index_tables_are_made_once_per_grid(vanilla, monkeypatch):
+    """With batched windows the ViT gets its index tables from the adapter's cache: a second call
+    on a video of the same grid runs none of transformers' table helpers, and gives the same output."""
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen_module
+    import transformers.vision_utils as vision_utils
+
+    frames = _frames(8, seed=6)
+    batched = Qwen25VLTango(vanilla.model, vanilla.tokenizer, TangoConfig(retention_ratio=0.2),
+                            chat_template=vanilla.chat_template, vision_attention="batched", **SMALL)
+    inputs = batched.prepare_inputs(frames, QUESTION)
+    with torch.no_grad():
+        first, first_saliency = batched.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
+    calls = []
+    for module in (qwen_module, vision_utils):
+        for name in ("get_vision_window_index", "get_vision_position_ids", "get_vision_cu_seqlens"):
+            if hasattr(module, name):
+                original = getattr(module, name)
+
+                def counting(*args, _original=original, _name=name, **kwargs):
+                    kw = kwargs.get("kwargs") or {}
+                    if not any(k in kw for k in ("window_index", "position_ids", "cu_seqlens")):
+                        calls.append(_name)  # computed, not taken from the precomputed tables
+                    return _original(*args, **kwargs)
+
+                monkeypatch.setattr(module, name, counting)
+    with torch.no_grad():
+        second, second_saliency = batched.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
+    assert calls == []
+    assert torch.equal(first, second) and torch.equal(first_saliency, second_saliency)
+    assert len(batched._vision_table_cache) == 1

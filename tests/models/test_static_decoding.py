@@ -25,12 +25,15 @@ def checkpoints(tmp_path_factory):
     return {
         "llava_onevision": (save_tiny_llava(str(root / "ov"), "llava_onevision").model, {"num_frames": 8}),
         "qwen2_5_vl": (build_tiny_qwen25vl(str(root / "qwen")), {"video_min_pixels": 4 * 28 * 28}),
+        "llava_video": (save_tiny_llava(str(root / "video"), "llava_video").model, {"num_frames": 8}),
     }
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "llava_video"])
 @pytest.mark.parametrize("ratio", [None, 0.2])
 def test_static_cache_matches_dynamic_cache(checkpoints, family, ratio) -> None:
+    """LLaVA-Video at r = 0.2 includes the intra-LLM stage: two groups of layers, each writing its
+    own length into one static cache."""
     path, options = checkpoints[family]
     tango = None if ratio is None else TangoConfig(retention_ratio=ratio)
     model = load_tango_model(path, tango=tango, dtype=torch.float32, device="cpu", **options)
@@ -42,9 +45,114 @@ def test_static_cache_matches_dynamic_cache(checkpoints, family, ratio) -> None:
     assert torch.equal(results["static"][0], results["dynamic"][0])
     torch.testing.assert_close(results["static"][1], results["dynamic"][1], rtol=1e-4, atol=1e-4)
     assert model._static.entries  # the static path really ran
+    if family == "llava_video" and ratio is not None:
+        cache = next(iter(model._static.entries.values())).cache
+        prefill = model.prepare(FRAMES, "What happens?")
+        model.decode(prefill, 12)
+        full, kept = prefill.inputs_embeds.shape[1], prefill.stats.visual_tokens_after_intra_llm
+        lengths = [int(layer.cumulative_length) for layer in cache.layers]
+        k = model.intra_llm_layer
+        assert lengths[:k] == [full + 11] * k  # 12 tokens: 11 of them fed back
+        assert len(set(lengths[k:])) == 1 and lengths[k] < lengths[0]
+        assert kept is not None and kept < prefill.visual_length
     again = model.decode(model.prepare(FRAMES, "What happens?"), 12)[0]  # a reused cache needs no clearing
     assert torch.equal(again, results["dynamic"][0])
 
 
 def test_bucket_length() -> None:
     assert [bucket_length(n) for n in (1, 1024, 1025, 5000)] == [1024, 1024, 2048, 5120]
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("quantum", [64, 7])
+def test_padded_prompt_decodes_like_the_unpadded_one(checkpoints, family, quantum) -> None:
+    """The prompt padded at its end (what the captured prefill runs): under the causal mask the
+    real tokens' logits and every generated token are the unpadded prompt's, and decoding
+    continues at the real length (the first step overwrites the first padding entry)."""
+    from tango_core.models.static_decoding import StaticDecoding
+
+    path, options = checkpoints[family]
+    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
+    model.stop_token_ids = []
+    model.decoding = "dynamic"
+    expected_ids, expected_logits = model.decode(model.prepare(FRAMES, "What happens?"), 10, keep_logits=True)
+    model.decoding = "static"
+    shape = (3, 1, 1) if family == "qwen2_5_vl" else (1, 1)
+    text_config = model.model.config.get_text_config(decoder=True)
+    model._static = StaticDecoding(model.model, text_config, "cpu", shape, capture=False, pad_prompts=True, prompt_quantum=quantum)
+    prefill = model.prepare(FRAMES, "What happens?")
+    length = prefill.inputs_embeds.shape[1]
+    assert length % quantum != 0  # the prompt really is padded
+    ids, logits = model.decode(prefill, 10, keep_logits=True)
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    (entry,) = model._static.prompts.values()
+    assert entry.embeds.shape[1] == -(-length // quantum) * quantum
+    cache = next(iter(model._static.entries.values())).cache
+    assert [int(layer.cumulative_length) for layer in cache.layers] == [length + 9] * len(cache.layers)
+
+
+def test_long_prompts_are_not_padded() -> None:
+    from tango_core.models.static_decoding import StaticDecoding
+
+    seen = {}
+
+    def body(model, embeds, positions, slots, last, cache):
+        seen.update(length=embeds.shape[1], slots=slots.tolist(), last=int(last))
+        return torch.zeros(1, 3)
+
+    static = StaticDecoding(None, None, "cpu", capture=False, pad_prompts=True, prompt_quantum=8, max_padded_prompt=10)
+    static.prefill(body, None, torch.zeros(1, 12, 4), torch.arange(12)[None])
+    assert seen == {"length": 12, "slots": list(range(12)), "last": 11}
+    assert not static.prompts
+
+
+def test_unknown_decoding_mode_is_refused(checkpoints) -> None:
+    path, options = checkpoints["llava_onevision"]
+    with pytest.raises(ValueError, match="decoding must be one of"):
+        load_tango_model(path, dtype=torch.float32, device="cpu", decoding="fast", **options)
+
+
+def test_compiled_steps_decode_like_the_growing_cache(checkpoints) -> None:
+    """decoding="compiled": each step torch.compile-d (inductor on the CPU here), the same tokens."""
+    path, options = checkpoints["llava_onevision"]
+    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
+    model.stop_token_ids = []
+    model.decoding = "dynamic"
+    expected_ids, expected_logits = model.decode(model.prepare(FRAMES, "What happens?"), 6, keep_logits=True)
+    model.decoding = "compiled"
+    ids, logits = model.decode(model.prepare(FRAMES, "What happens?"), 6, keep_logits=True)
+    assert model._static.compile_steps  # compiling worked
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_compile_decodes_uncompiled(checkpoints, monkeypatch, caplog, request) -> None:
+    import logging
+
+    from tango_core.models import static_decoding
+
+    class InductorFailure(RuntimeError):
+        pass
+
+    InductorFailure.__module__ = "torch._inductor.exc"
+
+    def broken_compile(fn, *args, **kwargs):
+        def run(*a, **k):
+            raise InductorFailure("no C compiler")
+        return run
+
+    static_decoding.compiled.cache_clear()
+    request.addfinalizer(static_decoding.compiled.cache_clear)  # no broken compiled bodies left for later tests
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    path, options = checkpoints["llava_onevision"]
+    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
+    model.stop_token_ids = []
+    model.decoding = "dynamic"
+    expected = model.decode(model.prepare(FRAMES, "What happens?"), 6)[0]
+    model.decoding = "compiled"
+    with caplog.at_level(logging.WARNING, logger="tango_core"):
+        got = model.decode(model.prepare(FRAMES, "What happens?"), 6)[0]
+    assert torch.equal(got, expected)
+    assert not model._static.compile_steps
+    assert sum("compiling the decoding step failed" in r.message for r in caplog.records) == 1
