@@ -6,8 +6,9 @@ Usage (GPU): python benchmarks/decoding_check.py [--families qwen2_5_vl,llava_on
   float32 and in the model's dtype: the step at which the tokens first differ, and the largest
   difference of the logits before it (random weights give near-uniform logits, so half-precision
   rounding can flip a greedy choice; float32 shows whether the two compute the same thing).
-* Qwen2.5-VL's ViT with all windows in one attention call against transformers' loop: whether
-  PyTorch's variable-length attention ran, the time of each, and the top CUDA kernels.
+* Qwen2.5-VL's ViT, each speed-up added in turn (all windows in one attention call, MLPs at an
+  aligned width, compiled blocks) against transformers' own: whether PyTorch's variable-length
+  attention ran, the time and the largest output difference of each, and the top CUDA kernels.
 """
 
 from __future__ import annotations
@@ -54,8 +55,15 @@ def vit_timing(model, tokenizer, video) -> dict:
 
     tango = paper_config("qwen2_5_vl", 0.1)
     out = {"varlen_available": vision_attention.varlen_available(torch.device("cuda"), model.dtype)}
-    for mode in ("transformers", "batched"):
-        runner = adapter("qwen2_5_vl", model, tokenizer, None, tango, vision_attention=mode)
+    modes = {  # each adds one speed-up to the one before
+        "transformers": {"vision_attention": "transformers", "vision_blocks": "transformers"},
+        "batched": {"vision_attention": "batched", "vision_blocks": "transformers"},
+        "padded": {"vision_attention": "batched", "vision_blocks": "padded"},
+        "compiled": {"vision_attention": "batched", "vision_blocks": "compiled"},
+    }
+    reference = None
+    for mode, options in modes.items():
+        runner = adapter("qwen2_5_vl", model, tokenizer, None, tango, **options)
         inputs = runner.prepare_inputs(video, QUESTION)
         with torch.inference_mode():
             for _ in range(2):
@@ -66,7 +74,13 @@ def vit_timing(model, tokenizer, video) -> dict:
                 runner.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
             torch.cuda.synchronize()
             out[f"vit_ms_{mode}"] = (time.perf_counter() - started) / 3 * 1e3
-            if mode == "batched":
+            embeds, saliency = runner.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
+            if reference is None:
+                reference = (embeds.float(), saliency)
+            else:
+                out[f"vit_max_abs_diff_{mode}"] = float((embeds.float() - reference[0]).abs().max())
+                out[f"saliency_max_abs_diff_{mode}"] = float((saliency - reference[1]).abs().max())
+            if mode == "compiled":
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                     runner.encode_video(inputs.pixel_values_videos, inputs.video_grid_thw, True)
                     torch.cuda.synchronize()
