@@ -46,6 +46,31 @@ StepBody = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, 
 PrefillBody = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
+def capture(graph: "torch.cuda.CUDAGraph", fn: Callable[[], torch.Tensor], device: torch.device, pool=None) -> torch.Tensor:
+    """``fn()`` captured into ``graph`` on a side stream: its output (filled on each replay).
+
+    ``torch.cuda.graph`` would first synchronise the device and empty PyTorch's memory caches (GPU
+    and pinned host): between the answers of an evaluation, where a new prompt length means a new
+    capture, that hands all cached memory back and makes every later stage allocate it again.
+    Here the side stream only waits for the work queued before the capture."""
+    current = torch.cuda.current_stream(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool) if pool is not None else graph.capture_begin()
+        try:
+            out = fn()
+        except BaseException:
+            try:
+                graph.capture_end()
+            except Exception:  # noqa: BLE001 - the capture is invalid anyway; the first error is the one to see
+                pass
+            raise
+        graph.capture_end()
+    current.wait_stream(stream)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(body: StepBody) -> StepBody:
     """``torch.compile`` of a step body, made once per body (dynamo keeps its graphs per code
@@ -93,7 +118,9 @@ class StaticDecoding:
     ``torch.compile`` the decoding step before capturing it. pad_prompts: pad prompts to a multiple
     of ``prompt_quantum`` (default: when capturing); prompts longer than ``max_padded_prompt`` run
     unpadded and eagerly (their prefill is compute-bound anyway). max_entries: cache buckets kept;
-    max_prompt_graphs: prefill graphs kept (least recently used dropped first).
+    max_prompt_graphs: prefill graphs kept (least recently used dropped first; the default holds
+    every padded length up to ``max_padded_prompt`` for one cache: an evaluation's prompts, whose
+    lengths vary, never evict each other; the graphs share one memory pool).
     """
 
     def __init__(
@@ -108,7 +135,7 @@ class StaticDecoding:
         prompt_quantum: int = 64,
         max_padded_prompt: int = 2048,
         max_entries: int = 2,
-        max_prompt_graphs: int = 8,
+        max_prompt_graphs: int = 32,
     ) -> None:
         self.model = model
         self.config = config
@@ -189,8 +216,7 @@ class StaticDecoding:
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                entry.logits = body(self.model, entry.token, entry.slot, entry.position, entry.cache)
+            entry.logits = capture(graph, lambda: body(self.model, entry.token, entry.slot, entry.position, entry.cache), self.device)
             entry.graph = graph
         except Exception as error:  # noqa: BLE001 - a model whose step cannot be captured still decodes
             entry.failed = True
@@ -249,8 +275,7 @@ class StaticDecoding:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                entry.logits = self._padded_prefill(body, cache, entry)
+            entry.logits = capture(graph, lambda: self._padded_prefill(body, cache, entry), self.device, self._pool)
             entry.graph = graph
         except Exception as error:  # noqa: BLE001 - a prefill that cannot be captured still runs
             entry.failed = True
