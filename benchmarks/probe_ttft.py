@@ -104,22 +104,20 @@ def pad_linear_in(linear: nn.Linear, width: int) -> nn.Linear:
 
 def probe_siglip(tmp: Path) -> None:
     model, tokenizer, head, _ = build("llava_video", tmp)
+    pixels = {}
     for frames in (32, 64):
         runner = LlavaTango(model, tokenizer, tango=paper_config("llava_video", 0.1), family="llava_video", num_frames=frames, saliency_head=head)
-        clip = runner.load_clip(moving_objects_video(frames))
-        pixels = runner.preprocess(clip.frames)
-        with torch.inference_mode():
-            record(f"siglip_{frames}f_eager_ms", round(timed(lambda: runner.vision_hidden_states(pixels)), 2))
-            record(f"siglip_{frames}f_head_ms", round(timed(lambda: head(runner.vision_hidden_states(pixels))) - RESULTS[f"siglip_{frames}f_eager_ms"], 2))
-    for layer in model.model.vision_tower.encoder.layers:
-        layer.compile()
-    for frames in (32, 64):
-        runner = LlavaTango(model, tokenizer, tango=paper_config("llava_video", 0.1), family="llava_video", num_frames=frames, saliency_head=head)
-        clip = runner.load_clip(moving_objects_video(frames))
-        pixels = runner.preprocess(clip.frames)
-        with torch.inference_mode():
-            record(f"siglip_{frames}f_compile_s", round(compile_seconds(lambda: runner.vision_hidden_states(pixels)), 1))
-            record(f"siglip_{frames}f_compiled_ms", round(timed(lambda: runner.vision_hidden_states(pixels)), 2))
+        pixels[frames] = runner.preprocess(runner.load_clip(moving_objects_video(frames)).frames)
+    with torch.inference_mode():
+        for frames, batch in pixels.items():
+            record(f"siglip_{frames}f_eager_ms", round(timed(lambda: runner.vision_hidden_states(batch)), 2))
+            with_head = timed(lambda: head(runner.vision_hidden_states(batch)))
+            record(f"siglip_{frames}f_head_ms", round(with_head - RESULTS[f"siglip_{frames}f_eager_ms"], 2))
+        for layer in model.model.vision_tower.encoder.layers:
+            layer.compile()
+        for frames, batch in pixels.items():
+            record(f"siglip_{frames}f_compile_s", round(compile_seconds(lambda: runner.vision_hidden_states(batch)), 1))
+            record(f"siglip_{frames}f_compiled_ms", round(timed(lambda: runner.vision_hidden_states(batch)), 2))
     del model, head
     torch.cuda.empty_cache()
 

@@ -29,6 +29,7 @@ from torch import nn
 from .compiling import is_compile_error
 
 LOG = logging.getLogger("tango_core")
+ATTRIBUTE = "_tango_padded_mlp"  # where a module keeps its PaddedGatedMLP
 
 
 def is_gated_mlp(module: nn.Module) -> bool:
@@ -51,6 +52,16 @@ class PaddedGatedMLP:
         self.padded_width = -(-self.width // int(multiple)) * int(multiple)
         self._pointers: tuple = ()
         self.refresh()
+
+    @classmethod
+    def of(cls, mlp: nn.Module, multiple: int = 64) -> "PaddedGatedMLP":
+        """The one padded forward of ``mlp`` (kept on the module, so that every adapter of a model
+        shares its padded storage instead of re-padding it in turn)."""
+        padded = getattr(mlp, ATTRIBUTE, None)
+        if not isinstance(padded, cls) or padded.padded_width != -(-padded.width // int(multiple)) * int(multiple):
+            padded = cls(mlp, multiple)
+            setattr(mlp, ATTRIBUTE, padded)
+        return padded
 
     @property
     def needed(self) -> bool:
@@ -109,7 +120,7 @@ class FastBlocks:
         self.padded: List[PaddedGatedMLP] = []
         if pad_multiple:
             mlps = [m for block in self.blocks for m in block.modules() if is_gated_mlp(m)]
-            self.padded = [p for p in (PaddedGatedMLP(m, pad_multiple) for m in mlps) if p.needed]
+            self.padded = [p for p in (PaddedGatedMLP.of(m, pad_multiple) for m in mlps) if p.needed]
         self.compiled = {int(i): torch.compile(self.blocks[int(i)]._call_impl) for i in compiled}
         self.compile_failed = False
 

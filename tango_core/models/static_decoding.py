@@ -30,7 +30,7 @@ import functools
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -71,11 +71,23 @@ def capture(graph: "torch.cuda.CUDAGraph", fn: Callable[[], torch.Tensor], devic
     return out
 
 
-@functools.lru_cache(maxsize=None)
+_COMPILED: Dict[Callable, Callable] = {}  # plain function -> its torch.compile wrapper
+
+
 def compiled(body: StepBody) -> StepBody:
-    """``torch.compile`` of a step body, made once per body (dynamo keeps its graphs per code
-    object, guarded on the model and the cache's shapes)."""
-    return torch.compile(body)
+    """``torch.compile`` of a step body, made once per function (dynamo keeps its graphs per code
+    object, guarded on the model and the cache's shapes). A bound method is compiled as its
+    function, with the object passed in: nothing here keeps the object (or its model) alive."""
+    function, owner = getattr(body, "__func__", body), getattr(body, "__self__", None)
+    fast = _COMPILED.get(function)
+    if fast is None:
+        fast = _COMPILED[function] = torch.compile(function)
+    return fast if owner is None else functools.partial(fast, owner)
+
+
+def clear_compiled() -> None:
+    """Forget the compiled step bodies (the next compiled step compiles again)."""
+    _COMPILED.clear()
 
 
 def bucket_length(needed: int, quantum: int = 1024) -> int:

@@ -159,3 +159,18 @@ def test_compiled_vit_blocks_match_transformers(vanilla):
     torch.testing.assert_close(got_saliency, reference_saliency, rtol=1e-5, atol=1e-6)
     assert torch.equal(compiled.prepare(FRAMES, QUESTION).keep_index, exact.prepare(FRAMES, QUESTION).keep_index)
     assert all(block._compiled_call_impl is None for block in vanilla.model.model.visual.blocks)
+
+
+def test_adapters_of_one_model_share_the_padding():
+    """Two FastBlocks over the same blocks (two adapters of one model) share one padded storage:
+    switching between them copies nothing."""
+    blocks = nn.ModuleList([nn.Sequential()])
+    blocks[0].mlp = GatedMLP()
+    first, second = FastBlocks(blocks, pad_multiple=32), FastBlocks(blocks, pad_multiple=32)
+    assert first.padded[0] is second.padded[0]
+    storage = first.padded[0].gate_weight.data_ptr()
+    with first.active():
+        pass
+    with second.active():
+        pass
+    assert second.padded[0].gate_weight.data_ptr() == storage

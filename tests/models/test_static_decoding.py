@@ -142,8 +142,8 @@ def test_a_failing_compile_decodes_uncompiled(checkpoints, monkeypatch, caplog, 
             raise InductorFailure("no C compiler")
         return run
 
-    static_decoding.compiled.cache_clear()
-    request.addfinalizer(static_decoding.compiled.cache_clear)  # no broken compiled bodies left for later tests
+    static_decoding.clear_compiled()
+    request.addfinalizer(static_decoding.clear_compiled)  # no broken compiled bodies left for later tests
     monkeypatch.setattr(torch, "compile", broken_compile)
     path, options = checkpoints["llava_onevision"]
     model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
@@ -156,3 +156,29 @@ def test_a_failing_compile_decodes_uncompiled(checkpoints, monkeypatch, caplog, 
     assert torch.equal(got, expected)
     assert not model._static.compile_steps
     assert sum("compiling the decoding step failed" in r.message for r in caplog.records) == 1
+
+
+def test_compiled_bodies_keep_no_owner_alive() -> None:
+    """A bound step body (LLaVA-Video's intra-LLM runner) is compiled once as its function; the
+    cache of compiled bodies holds no runner, hence no model."""
+    import gc
+    import weakref
+
+    from tango_core.models.static_decoding import clear_compiled, compiled
+
+    class Owner:
+        def step(self, model, token, slot, position, cache):
+            return token
+
+    def plain(model, token, slot, position, cache):
+        return token
+
+    owner = Owner()
+    alive = weakref.ref(owner)
+    first, second = compiled(owner.step), compiled(Owner().step)
+    assert first.func is second.func and first.args == (owner,)
+    assert compiled(plain) is compiled(plain)
+    del owner, first
+    gc.collect()
+    assert alive() is None
+    clear_compiled()
