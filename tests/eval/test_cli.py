@@ -172,3 +172,18 @@ def test_missing_data_message_says_how_to_get_it(tmp_path) -> None:
 
     message = missing_data(BENCHMARKS["Video-MME"], tmp_path)
     assert "huggingface-cli download lmms-lab/Video-MME --repo-type dataset" in message and str(tmp_path) in message
+
+
+def test_decoding_flag_reaches_the_adapter_and_the_fingerprint(checkpoint, demo_root, tmp_path, capsys, no_execute) -> None:
+    from tango_eval.adapters import adapter_options
+
+    base = ["--model", "llava_onevision", "--model-path", str(checkpoint), "--data-root", str(demo_root),
+            "--work-dir", str(tmp_path), "--data", "Video-MME"]
+    settings = plan_of(base + ["--decoding", "compiled"]).models[0].settings
+    assert settings.decoding == "compiled" and adapter_options(settings)["decoding"] == "compiled"
+    assert settings.fingerprint()["decoding"] == "compiled"  # answers made otherwise are not mixed in
+    default = plan_of(base).models[0].settings
+    assert "decoding" not in adapter_options(default) and "decoding" not in default.fingerprint()  # older runs resume
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(base + ["--decoding", "fast"])
+    assert exit_info.value.code == 2 and "--decoding" in capsys.readouterr().err
