@@ -119,6 +119,7 @@ class _PromptEntry:
     graph: Optional[torch.cuda.CUDAGraph] = None
     logits: Optional[torch.Tensor] = None
     failed: bool = False
+    seen: int = 0  # prefills run at this padded length
 
 
 class StaticDecoding:
@@ -132,7 +133,9 @@ class StaticDecoding:
     unpadded and eagerly (their prefill is compute-bound anyway). max_entries: cache buckets kept;
     max_prompt_graphs: prefill graphs kept (least recently used dropped first; the default holds
     every padded length up to ``max_padded_prompt`` for one cache: an evaluation's prompts, whose
-    lengths vary, never evict each other; the graphs share one memory pool).
+    lengths vary, never evict each other; the graphs share one memory pool). prompt_capture_after:
+    the prefill of a padded length is captured the n-th time that length is met (a capture costs
+    about ten eager prefills: lengths met once run eagerly).
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class StaticDecoding:
         max_padded_prompt: int = 2048,
         max_entries: int = 2,
         max_prompt_graphs: int = 32,
+        prompt_capture_after: int = 2,
     ) -> None:
         self.model = model
         self.config = config
@@ -160,6 +164,7 @@ class StaticDecoding:
         self.max_padded_prompt = int(max_padded_prompt)
         self.max_entries = int(max_entries)
         self.max_prompt_graphs = int(max_prompt_graphs)
+        self.prompt_capture_after = int(prompt_capture_after)
         self.entries: "OrderedDict[int, _Entry]" = OrderedDict()
         self.prompts: "OrderedDict[Tuple[int, int], _PromptEntry]" = OrderedDict()
         self._pool = None  # one memory pool shared by the prefill graphs (they never run concurrently)
@@ -276,7 +281,8 @@ class StaticDecoding:
         if entry.graph is not None:
             entry.graph.replay()
             return entry.logits
-        if not self.capture or entry.failed:
+        entry.seen += 1
+        if not self.capture or entry.failed or entry.seen < self.prompt_capture_after:
             return self._padded_prefill(body, cache, entry)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))

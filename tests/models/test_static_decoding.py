@@ -182,3 +182,64 @@ def test_compiled_bodies_keep_no_owner_alive() -> None:
     gc.collect()
     assert alive() is None
     clear_compiled()
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: 'capturing' keeps the function, a replay runs
+    it again into the captured output (what a real replay does to the output's memory)."""
+
+    captures = 0
+
+    def __init__(self) -> None:
+        self.fn = None
+        self.out = None
+
+    def replay(self) -> None:
+        self.out.copy_(self.fn())
+
+
+def _fake_capture(graph, fn, device, pool=None):
+    _FakeGraph.captures += 1
+    graph.fn, graph.out = fn, fn()
+    return graph.out
+
+
+class _FakeStream:
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def wait_stream(self, other) -> None:
+        pass
+
+
+def test_graph_scheduling_captures_a_prompt_length_on_its_second_sight(checkpoints, monkeypatch) -> None:
+    """The capture logic run on the CPU with CUDA's graph and stream calls faked: a padded length
+    runs eagerly the first time, is captured the second, replayed after; one decoding graph per
+    cache; every answer equals the growing cache's."""
+    import contextlib
+
+    from tango_core.models import static_decoding
+    from tango_core.models.static_decoding import StaticDecoding
+
+    monkeypatch.setattr(static_decoding, "capture", _fake_capture)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "Stream", _FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    _FakeGraph.captures = 0
+    path, options = checkpoints["llava_onevision"]
+    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
+    model.stop_token_ids = []
+    model.decoding = "dynamic"
+    expected = model.decode(model.prepare(FRAMES, "What happens?"), 5)[0]
+    model.decoding = "graphs"
+    model._static = StaticDecoding(model.model, model.model.config.get_text_config(decoder=True), "cpu", capture=False,
+                                   pad_prompts=True)
+    model._static.capture = True  # what CUDA would set
+    captured = []
+    for _ in range(3):
+        assert torch.equal(model.decode(model.prepare(FRAMES, "What happens?"), 5)[0], expected)
+        (entry,) = model._static.prompts.values()
+        captured.append((entry.graph is not None, _FakeGraph.captures))
+    assert captured == [(False, 1), (True, 2), (True, 2)]  # call 1: the step's graph; call 2: the prompt's
