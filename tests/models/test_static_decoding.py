@@ -113,13 +113,19 @@ def test_unknown_decoding_mode_is_refused(checkpoints) -> None:
         load_tango_model(path, dtype=torch.float32, device="cpu", decoding="fast", **options)
 
 
-def test_compiled_steps_decode_like_the_growing_cache(checkpoints) -> None:
-    """decoding="compiled": each step torch.compile-d (inductor on the CPU here), the same tokens."""
+def _pruning_onevision(checkpoints, steps: int):
+    """The tiny OneVision at r = 0.3 and its answer on the growing cache: (model, ids, logits)."""
     path, options = checkpoints["llava_onevision"]
     model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
     model.stop_token_ids = []
     model.decoding = "dynamic"
-    expected_ids, expected_logits = model.decode(model.prepare(FRAMES, "What happens?"), 6, keep_logits=True)
+    ids, logits = model.decode(model.prepare(FRAMES, "What happens?"), steps, keep_logits=True)
+    return model, ids, logits
+
+
+def test_compiled_steps_decode_like_the_growing_cache(checkpoints) -> None:
+    """decoding="compiled": each step torch.compile-d (inductor on the CPU here), the same tokens."""
+    model, expected_ids, expected_logits = _pruning_onevision(checkpoints, 6)
     model.decoding = "compiled"
     ids, logits = model.decode(model.prepare(FRAMES, "What happens?"), 6, keep_logits=True)
     assert model._static.compile_steps  # compiling worked
@@ -145,11 +151,7 @@ def test_a_failing_compile_decodes_uncompiled(checkpoints, monkeypatch, caplog, 
     static_decoding.clear_compiled()
     request.addfinalizer(static_decoding.clear_compiled)  # no broken compiled bodies left for later tests
     monkeypatch.setattr(torch, "compile", broken_compile)
-    path, options = checkpoints["llava_onevision"]
-    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
-    model.stop_token_ids = []
-    model.decoding = "dynamic"
-    expected = model.decode(model.prepare(FRAMES, "What happens?"), 6)[0]
+    model, expected, _ = _pruning_onevision(checkpoints, 6)
     model.decoding = "compiled"
     with caplog.at_level(logging.WARNING, logger="tango_core"):
         got = model.decode(model.prepare(FRAMES, "What happens?"), 6)[0]
@@ -228,11 +230,7 @@ def test_graph_scheduling_captures_a_prompt_length_on_its_second_sight(checkpoin
     monkeypatch.setattr(torch.cuda, "stream", lambda *a, **k: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
     _FakeGraph.captures = 0
-    path, options = checkpoints["llava_onevision"]
-    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
-    model.stop_token_ids = []
-    model.decoding = "dynamic"
-    expected = model.decode(model.prepare(FRAMES, "What happens?"), 5)[0]
+    model, expected, _ = _pruning_onevision(checkpoints, 5)
     model.decoding = "graphs"
     model._static = StaticDecoding(model.model, model.model.config.get_text_config(decoder=True), "cpu", capture=False,
                                    pad_prompts=True)
