@@ -221,12 +221,6 @@ def benchmark_accuracy(benchmark: str, model_dir: Path, prediction_file: str) ->
     return float(_READERS[name](Path(model_dir), prediction_file))
 
 
-def per_task_accuracy(model_dir: Path, prediction_file: str) -> Dict[str, float]:
-    """Accuracy (percent) per ``task_type`` of a score file that has one (MVBench, MLVU)."""
-    table = _scores(model_dir, prediction_file, ("task_type",))
-    return {str(k): 100.0 * float(v) for k, v in (table["score"] == 1).groupby(table["task_type"].astype(str)).mean().items()}
-
-
 def option_counts(model_dir: Path, prediction_file: str) -> List[int]:
     """Number of options of each question of a prediction file (from its ``candidates`` column)."""
     table = load_table(Path(model_dir) / prediction_file)

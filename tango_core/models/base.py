@@ -31,6 +31,12 @@ from ..config import TangoConfig
 DECODING: Tuple[str, ...] = ("auto", "graphs", "compiled", "static", "dynamic")
 
 
+def check_option(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ``ValueError("<name> must be one of <choices>, got <value>.")`` unless value is a choice."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+
+
 @dataclass
 class VideoClip:
     """Decoded frames of one video and when they were taken.
@@ -278,8 +284,7 @@ class TangoVideoLM(ABC):
         dynamic elsewhere).
         """
         mode = self.decoding
-        if mode not in DECODING:
-            raise ValueError(f"decoding must be one of {DECODING}, got {mode!r}.")
+        check_option("decoding", mode, DECODING)
         if mode == "dynamic" or (mode == "auto" and self.device.type != "cuda"):
             return None
         if self._static is None:

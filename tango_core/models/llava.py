@@ -33,7 +33,7 @@ from torch import nn
 from ..config import TangoConfig
 from ..intra_llm import IntraLLMConfig
 from .families import get_family
-from .base import DECODING, KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
+from .base import DECODING, KeptTokens, check_option, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
 from .video import to_clip
 
@@ -96,10 +96,8 @@ class LlavaTango(TangoVideoLM):
         preprocessing: str = "auto",
         decoding: str = "auto",
     ) -> None:
-        if preprocessing not in PREPROCESSING:
-            raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got {preprocessing!r}.")
-        if decoding not in DECODING:
-            raise ValueError(f"decoding must be one of {DECODING}, got {decoding!r}.")
+        check_option("preprocessing", preprocessing, PREPROCESSING)
+        check_option("decoding", decoding, DECODING)
         if family not in LLAVA_FAMILIES:
             raise ValueError(f"Unknown LLaVA family {family!r}; choose one of {LLAVA_FAMILIES}.")
         config = model.config

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TangoConfig
-from .base import DECODING, KeptTokens, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
+from .base import DECODING, KeptTokens, check_option, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from . import vision_attention
 from .fast_blocks import FastBlocks
 from .video import check_frames, probe_video, read_frames
@@ -439,12 +439,9 @@ class Qwen25VLTango(TangoVideoLM):
         vision_blocks: str = "auto",
         decoding: str = "auto",
     ) -> None:
-        if decoding not in DECODING:
-            raise ValueError(f"decoding must be one of {DECODING}, got {decoding!r}.")
-        if vision_attention not in VISION_ATTENTION:
-            raise ValueError(f"vision_attention must be one of {VISION_ATTENTION}, got {vision_attention!r}.")
-        if vision_blocks not in VISION_BLOCKS:
-            raise ValueError(f"vision_blocks must be one of {VISION_BLOCKS}, got {vision_blocks!r}.")
+        check_option("decoding", decoding, DECODING)
+        check_option("vision_attention", vision_attention, VISION_ATTENTION)
+        check_option("vision_blocks", vision_blocks, VISION_BLOCKS)
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id

@@ -249,14 +249,7 @@ def random_llava_7b(
         config._attn_implementation = attn_implementation
     with torch.device(device), no_init_weights():
         model = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype)
-    generator = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    for module in model.modules():
-        is_norm = isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
-        for name, parameter in module.named_parameters(recurse=False):
-            if is_norm:
-                parameter.fill_(1.0 if name == "weight" else 0.0)
-            else:
-                parameter.normal_(0.0, 0.02, generator=generator)
+    _fill_random_(model, torch.Generator(device=torch.device(device)).manual_seed(seed))
     return model.eval()
 
 
@@ -275,14 +268,20 @@ def random_siglip_head(
         norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         head = SiglipMultiheadAttentionPoolingHead(config)
     module = SiglipSaliencyHead(norm, head).to(dtype=dtype)
-    for sub in module.modules():
-        is_norm = isinstance(sub, nn.LayerNorm)
-        for name, parameter in sub.named_parameters(recurse=False):
+    _fill_random_(module, generator)
+    return module.eval()
+
+
+@torch.no_grad()
+def _fill_random_(model: nn.Module, generator: torch.Generator) -> None:
+    """Normal(0, 0.02) into every weight and bias but the norms' (scale 1, shift 0), in place."""
+    for module in model.modules():
+        is_norm = isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+        for name, parameter in module.named_parameters(recurse=False):
             if is_norm:
                 parameter.fill_(1.0 if name == "weight" else 0.0)
             else:
                 parameter.normal_(0.0, 0.02, generator=generator)
-    return module.eval()
 
 
 def _check_family(family: str) -> None:
