@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tango_core.models.llava import LlavaTango  # noqa: E402
 from tango_core.models.presets import paper_config  # noqa: E402
 from tango_core.models.qwen2_5_vl import Qwen25VLTango  # noqa: E402
-from tango_core.testing.tiny_llava import build_tiny_tokenizer, random_llava_7b, random_siglip_head  # noqa: E402
+from tango_core.testing.tiny_llava import build_tiny_tokenizer, build_word_tokenizer, random_llava_7b, random_siglip_head  # noqa: E402
 from tango_core.testing.tiny_qwen import build_tiny_qwen25vl, random_qwen25vl_7b, special_token_ids  # noqa: E402
 
 FAMILIES = ("llava_onevision", "llava_video", "qwen2_5_vl")
@@ -55,8 +55,14 @@ def moving_objects_video(num_frames: int, height: int = 360, width: int = 640, s
     return frames
 
 
-def build(family: str, workdir: Path):
-    """(model, tokenizer, saliency head or None, dtype) for one family at 7B size on CUDA."""
+def build(family: str, workdir: Path, tokenizer: str = "tiny"):
+    """(model, tokenizer, saliency head or None, dtype) for one family at 7B size on CUDA.
+
+    tokenizer (LLaVA): ``"tiny"``, the test tokenizer (it spells most words out in pieces: about
+    120 tokens for ``QUESTION`` and the template where Qwen2's tokenizer gives about 55), or
+    ``"word"``, :func:`~tango_core.testing.tiny_llava.build_word_tokenizer` (Qwen2's split, whole
+    words: Qwen2's token counts). Qwen2.5-VL keeps its tiny checkpoint's tokenizer either way.
+    """
     if family == "qwen2_5_vl":
         from transformers import AutoTokenizer
 
@@ -64,7 +70,9 @@ def build(family: str, workdir: Path):
         tokenizer = AutoTokenizer.from_pretrained(tiny)
         model = random_qwen25vl_7b(device="cuda", dtype=torch.bfloat16, token_ids=special_token_ids(tokenizer))
         return model, tokenizer, None, torch.bfloat16
-    tokenizer = build_tiny_tokenizer()
+    if tokenizer not in ("tiny", "word"):
+        raise ValueError(f"tokenizer must be 'tiny' or 'word', got {tokenizer!r}.")
+    tokenizer = build_tiny_tokenizer() if tokenizer == "tiny" else build_word_tokenizer([QUESTION])
     model = random_llava_7b(family, device="cuda", dtype=torch.float16, attn_implementation="sdpa")
     model.config.image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     model.config.video_token_id = tokenizer.convert_tokens_to_ids("<video>")

@@ -1,11 +1,12 @@
 """Time to first token and decoding speed of the three families at full size, vanilla vs Tango.
 
 Usage (GPU): python benchmarks/speed_7b.py [--families ...] [--repeats 3] [--new-tokens 32]
-    [--decoding compiled] [--json out.json]
+    [--decoding compiled] [--tokenizer word] [--json out.json]
 
 Each family is built at 7B size with random weights (they time like real ones), and answers one
 generated 360x640 clip (frames given as an array: no video decoding) with the default execution:
-frames resized on the GPU (LLaVA); Qwen2.5-VL's ViT with all windows in one attention call, its
+frames resized on the GPU (LLaVA; uploaded through a pinned buffer), SigLIP's GELU in its product's epilogue and its
+tower replayed as a CUDA graph (LLaVA); Qwen2.5-VL's ViT with all windows in one attention call, its
 MLPs at an aligned width and its blocks compiled; the prompt's prefill and the decoding steps on a
 static cache replayed as CUDA graphs (LLaVA-Video's intra-LLM prefill eagerly), the steps
 ``torch.compile``-d with ``--decoding compiled`` (the default here). Settings: vanilla and Tango at r = 0.1, 0.15, 0.2 (the paper's settings; LLaVA-Video's
@@ -13,7 +14,8 @@ pre-LLM ratios 0.121739, 0.182609, 0.243478). Reported per setting, with the pro
 (``tango_core.models.profiling``): TTFT (from the call, preprocessing included) and its parts,
 decoding throughput, peak memory, the speed-up of TTFT and of a whole ``--new-tokens``-token answer
 over vanilla. Checks on the same run: graphed (and compiled) decoding gives the growing cache's
-tokens; the device resize stays close to PIL's; the fast ViT matches transformers' own.
+tokens; the device resize stays close to PIL's; the fast ViT (Qwen) and the fast SigLIP tower (LLaVA)
+match transformers' own.
 """
 
 from __future__ import annotations
@@ -109,6 +111,25 @@ def checks(family: str, model, tokenizer, head, video: np.ndarray, decoding: str
         keep_a = set(pil.prepare(video, QUESTION).keep_index.tolist())
         keep_b = set(gpu.prepare(video, QUESTION).keep_index.tolist())
         out["gpu_resize_keep_jaccard"] = len(keep_a & keep_b) / len(keep_a | keep_b)
+        exact = adapter(family, model, tokenizer, head, tango, vision_blocks="transformers")
+        fast = adapter(family, model, tokenizer, head, tango)
+        with torch.inference_mode():
+            pixels = gpu.preprocess(frames)
+            reference = exact.vision_hidden_states(pixels)
+            for _ in range(3):  # the third call replays the captured graph
+                hidden = fast.vision_hidden_states(pixels)
+            out["fast_tower_max_abs_diff"] = float((hidden.float() - reference.float()).abs().max())
+            out["fast_tower_mean_abs_diff"] = float((hidden.float() - reference.float()).abs().mean())
+            for name, runner in (("transformers_tower_ms", exact), ("fast_tower_ms", fast)):
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                for _ in range(5):
+                    runner.vision_hidden_states(pixels)
+                torch.cuda.synchronize()
+                out[name] = (time.perf_counter() - started) * 1e3 / 5
+        keep_a = set(exact.prepare(video, QUESTION).keep_index.tolist())
+        keep_b = set(fast.prepare(video, QUESTION).keep_index.tolist())
+        out["fast_tower_keep_jaccard"] = len(keep_a & keep_b) / len(keep_a | keep_b)
         started = time.perf_counter()
         pil.preprocess(frames)
         torch.cuda.synchronize()
@@ -126,6 +147,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--decoding", default="compiled", help="the adapters' decoding mode (default compiled)")
+    parser.add_argument("--tokenizer", choices=("word", "tiny"), default="word",
+                        help="LLaVA's prompt tokenizer: word (Qwen2's token counts, default) or tiny (the test one, "
+                             "about twice the text tokens; the earlier tables)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -133,14 +157,17 @@ def main() -> None:
     rows, verified = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families.split(","):
-            model, tokenizer, head, dtype = build(family, Path(tmp))
+            model, tokenizer, head, dtype = build(family, Path(tmp), tokenizer=args.tokenizer)
             video = moving_objects_video(64 if family == "llava_video" else 32)
             settings = [("vanilla", None, None)] + [("tango", r, paper_config(family, r)) for r in RATIOS]
             for label, ratio, tango in settings:
                 started = time.perf_counter()
                 runner = adapter(family, model, tokenizer, head, tango, decoding=args.decoding)
                 result = measure(runner, video, args.repeats, args.new_tokens)
+                with torch.inference_mode():
+                    result["prompt_tokens"] = int(runner.prepare(video, QUESTION).inputs_embeds.shape[1])
                 result.update(family=family, setting=label, ratio=ratio, dtype=str(dtype).replace("torch.", ""),
+                              tokenizer=args.tokenizer if family != "qwen2_5_vl" else "tiny (its checkpoint's)",
                               pre_llm_ratio=None if tango is None else tango.retention_ratio, decoding=args.decoding,
                               seconds_with_warmup=time.perf_counter() - started)
                 rows.append(result)
@@ -163,12 +190,12 @@ def main() -> None:
 
     print(f"\n7B random weights, {torch.cuda.get_device_name()}, torch {torch.__version__}; "
           f"median of {args.repeats} calls after 2 warm-ups; {args.new_tokens}-token answers\n")
-    header = (f"{'family':16} {'setting':8} {'ratio':>6} {'to LLM':>7} {'TTFT':>7} {'preproc':>7} {'vit':>7} {'other':>7} "
+    header = (f"{'family':16} {'setting':8} {'ratio':>6} {'to LLM':>7} {'prompt':>7} {'TTFT':>7} {'preproc':>7} {'vit':>7} {'other':>7} "
               f"{'prefill':>7} {'tok/s':>7} {'answer':>8} {'TTFT x':>7} {'answer x':>8} {'peak GiB':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['family']:16} {row['setting']:8} {row['ratio'] or '-':>6} {row['visual_after']:>7} {row['ttft_ms']:>7.1f} "
+        print(f"{row['family']:16} {row['setting']:8} {row['ratio'] or '-':>6} {row['visual_after']:>7} {row['prompt_tokens']:>7} {row['ttft_ms']:>7.1f} "
               f"{row['preprocess_ms']:>7.1f} {row['vit_ms']:>7.1f} {row['other_ms']:>7.1f} {row['prefill_ms']:>7.1f} "
               f"{row['decode_tokens_per_s']:>7.1f} {row['answer_ms']:>8.1f} {row['ttft_speedup']:>7.2f} "
               f"{row['answer_speedup']:>8.2f} {row['peak_memory_gib']:>8.2f}")

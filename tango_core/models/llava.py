@@ -35,10 +35,13 @@ from ..intra_llm import IntraLLMConfig
 from .families import get_family
 from .base import DECODING, KeptTokens, check_option, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
+from .siglip_tower import SiglipTower
+from .upload import FrameUploader
 from .video import to_clip
 
 LLAVA_FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video")
 PREPROCESSING: Tuple[str, ...] = ("auto", "pil", "torch")
+VISION_BLOCKS: Tuple[str, ...] = ("auto", "graphs", "fused", "transformers")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
@@ -73,7 +76,13 @@ class LlavaTango(TangoVideoLM):
     preprocessing: ``"pil"`` resizes each frame with PIL's bicubic filter, exactly as the
         reference's image processor does (CPU); ``"torch"`` resizes all frames at once on the
         model's device (antialiased bicubic, rounded to integers like PIL's output; within a grey
-        level of PIL's); ``"auto"`` (default): torch on CUDA, PIL elsewhere.
+        level of PIL's); ``"auto"`` (default): torch on CUDA, PIL elsewhere. On CUDA the frames go
+        up through a reused pinned buffer (:class:`~tango_core.models.video.FrameUploader`).
+    vision_blocks: the SigLIP tower (:mod:`~tango_core.models.siglip_tower`): ``"transformers"``
+        runs its layers as transformers defines them; ``"fused"`` puts the MLP's tanh-GELU into its
+        first product's epilogue (the same function, rounded once instead of twice); ``"graphs"``
+        also replays the tower as one CUDA graph per input shape; ``"auto"`` (default): graphs on
+        CUDA, transformers elsewhere.
     decoding: ``"graphs"``, ``"compiled"``, ``"static"``, ``"dynamic"`` or ``"auto"`` (see
         :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`); the intra-LLM stage's
         prefill runs eagerly (its steps are graphed), and with ``reference_bidirectional_bug`` it
@@ -94,9 +103,11 @@ class LlavaTango(TangoVideoLM):
         image_mean: Sequence[float] = (0.5, 0.5, 0.5),
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         preprocessing: str = "auto",
+        vision_blocks: str = "auto",
         decoding: str = "auto",
     ) -> None:
         check_option("preprocessing", preprocessing, PREPROCESSING)
+        check_option("vision_blocks", vision_blocks, VISION_BLOCKS)
         check_option("decoding", decoding, DECODING)
         if family not in LLAVA_FAMILIES:
             raise ValueError(f"Unknown LLaVA family {family!r}; choose one of {LLAVA_FAMILIES}.")
@@ -117,6 +128,9 @@ class LlavaTango(TangoVideoLM):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.image_std = tuple(float(s) for s in image_std)
         self.preprocessing = preprocessing
+        self.vision_blocks = vision_blocks
+        self._tower: Optional[SiglipTower] = None
+        self._uploader = FrameUploader()
         self.decoding = decoding
         self.num_layers = int(config.text_config.num_hidden_layers)
         self.intra_llm = intra_llm
@@ -212,7 +226,7 @@ class LlavaTango(TangoVideoLM):
         on_device = self.preprocessing == "torch" or (self.preprocessing == "auto" and self.device.type == "cuda")
         if frames.shape[1:3] != (size, size) and not on_device:
             frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
+        pixels = self._uploader.upload(frames, self.device).permute(0, 3, 1, 2).float()
         if pixels.shape[-2:] != (size, size):  # on the device: one antialiased resize of every frame
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
             pixels = pixels.clamp_(0.0, 255.0).round_()
@@ -224,18 +238,21 @@ class LlavaTango(TangoVideoLM):
     def vision_hidden_states(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, P, Dv) hidden states of ``vision_feature_layer`` (before post_layernorm).
 
-        Runs the encoder only up to that layer (the same modules and order as the full tower).
+        Runs the encoder only up to that layer (the same modules and order as the full tower), the
+        way ``vision_blocks`` says.
         """
-        tower = self.model.model.vision_tower
-        layers = tower.encoder.layers
-        index = int(self.model.config.vision_feature_layer)
-        stop = index if index >= 0 else len(layers) + 1 + index  # hidden_states[0] is the embedding output
-        if not 0 <= stop <= len(layers):
-            raise ValueError(f"vision_feature_layer {index} is out of range for a tower of {len(layers)} layers.")
-        hidden = tower.embeddings(pixels)
-        for layer in layers[:stop]:
-            hidden = layer(hidden, None)
-        return hidden
+        mode = self.vision_blocks
+        if mode == "auto":
+            mode = "graphs" if self.device.type == "cuda" else "transformers"
+        if self._tower is None or self._tower.mode != mode:
+            tower = self.model.model.vision_tower
+            layers = tower.encoder.layers
+            index = int(self.model.config.vision_feature_layer)
+            stop = index if index >= 0 else len(layers) + 1 + index  # hidden_states[0] is the embedding output
+            if not 0 <= stop <= len(layers):
+                raise ValueError(f"vision_feature_layer {index} is out of range for a tower of {len(layers)} layers.")
+            self._tower = SiglipTower.of(tower, stop, mode=mode)
+        return self._tower(pixels)
 
     def _pool(self, grid_maps: torch.Tensor) -> torch.Tensor:
         """(N, C, G, G) -> (N, C, h, w): OneVision bilinear to ceil(G/2); LLaVA-Video 2x2 average, floor."""

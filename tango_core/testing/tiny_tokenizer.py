@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+# Qwen2's pre-tokenizer pattern (from its tokenizer.json): contractions, letters with one leading
+# non-letter, single digits, punctuation runs, newlines, spaces.
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
 
 def train_tiny_bpe(
     corpus: Sequence[str],
@@ -12,13 +18,26 @@ def train_tiny_bpe(
     additional_special_tokens: Sequence[str],
     eos_token: str = "<|im_end|>",
     pad_token: str = "<|endoftext|>",
+    qwen2_split: bool = False,
 ):
-    """A ``PreTrainedTokenizerFast`` trained on ``corpus``; ``special_tokens`` take ids 0, 1, ... in order."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A ``PreTrainedTokenizerFast`` trained on ``corpus``; ``special_tokens`` take ids 0, 1, ... in order.
+
+    qwen2_split: split text into pre-tokens with Qwen2's pattern (words with their leading space,
+    every digit alone, punctuation runs) before the byte-level step, as Qwen2's tokenizer does; with
+    a ``vocab_size`` large enough to hold each pre-token of ``corpus`` whole, text made of the
+    corpus' words then takes about as many tokens as with Qwen2's own vocabulary.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen2_split:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
