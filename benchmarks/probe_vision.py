@@ -1,7 +1,7 @@
 """What is left of LLaVA's time to first token: SigLIP's attention kernels, its kernel mix, the
 intra-LLM prefill and the frame upload, measured on the GPU (issue 10, third pass).
 
-Usage (GPU): python benchmarks/probe_vision.py [--json out.json] [--parts gemm,upload,siglip]
+Usage (GPU): python benchmarks/probe_vision.py [--json out.json] [--parts gemm,upload,siglip,prefill]
 
 * siglip: the SigLIP tower (26 layers, 32 and 64 frames) with each of PyTorch's attention
   backends forced (flash, memory-efficient, cuDNN), against the default choice: time and the
@@ -10,6 +10,7 @@ Usage (GPU): python benchmarks/probe_vision.py [--json out.json] [--parts gemm,u
   attention, the rest) against the call's wall time;
 * gemm: the tower's products alone (q, k, v apart and as one product; out; fc1; fc2) at 32 frames;
 * siglip also: LLaVA-Video's intra-LLM prefill (the default static cache) eager, and its kernel time;
+* prefill: OneVision's prefill of the pruned prompt, graphed and eager: time and kernels;
 * upload: 32 frames of 360x640 uint8 to the GPU from pageable and from pinned memory.
 """
 
@@ -144,6 +145,24 @@ def probe_intra(runner: LlavaTango) -> None:
     record("intra_prefill_kernels", kernel_kinds(lambda: runner.start(prefill)))
 
 
+def probe_prefill(tmp: Path) -> None:
+    """OneVision's graphed prefill of the pruned prompt (word tokenizer): time and kernels."""
+    model, tokenizer, head, _ = build("llava_onevision", tmp, tokenizer="word")
+    runner = LlavaTango(model, tokenizer, tango=paper_config("llava_onevision", 0.1), family="llava_onevision", num_frames=32, saliency_head=head)
+    runner.stop_token_ids = []
+    with torch.inference_mode():
+        prefill = runner.prepare(moving_objects_video(32), QUESTION)
+        prefill.max_new_tokens = 32
+        record("prefill_prompt_length", int(prefill.inputs_embeds.shape[1]))
+        record("prefill_graphed_ms", round(timed(lambda: runner.start(prefill)), 2))
+        record("prefill_graphed_kernels", kernel_kinds(lambda: runner.start(prefill)))
+        runner.decoding, runner._static = "dynamic", None
+        record("prefill_eager_dynamic_ms", round(timed(lambda: runner.start(prefill)), 2))
+        record("prefill_eager_dynamic_kernels", kernel_kinds(lambda: runner.start(prefill)))
+    del model, head
+    torch.cuda.empty_cache()
+
+
 def probe_upload() -> None:
     frames = moving_objects_video(32)
     pageable = torch.from_numpy(frames)
@@ -161,7 +180,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for part in args.parts.split(","):
             try:
-                {"gemm": probe_gemm, "upload": probe_upload, "siglip": lambda: probe_siglip(Path(tmp))}[part]()
+                {"gemm": probe_gemm, "upload": probe_upload, "siglip": lambda: probe_siglip(Path(tmp)),
+                 "prefill": lambda: probe_prefill(Path(tmp))}[part]()
             except Exception as error:  # noqa: BLE001 - one failed probe must not lose the others
                 import traceback
 
