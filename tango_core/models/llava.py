@@ -85,8 +85,9 @@ class LlavaTango(TangoVideoLM):
         CUDA, transformers elsewhere.
     decoding: ``"graphs"``, ``"compiled"``, ``"static"``, ``"dynamic"`` or ``"auto"`` (see
         :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`); the intra-LLM stage's
-        prefill runs eagerly (its steps are graphed), and with ``reference_bidirectional_bug`` it
-        decodes on a growing cache.
+        prefill is two graphed prefills (the layers below K, then those from K on, with the choice
+        of the kept tokens between them), its steps graphed too; with ``reference_bidirectional_bug``
+        it prefills and decodes on a growing cache.
     """
 
     def __init__(
@@ -360,12 +361,14 @@ class LlavaTango(TangoVideoLM):
         if self.uses_intra_llm:  # its two groups of layers hold caches of two lengths
             runner = self._runner()
             visual_end = prefill.visual_start + prefill.visual_length
-            static = None if self.intra_llm.reference_bidirectional_bug else static
-            key_values = static.cache(prefill.inputs_embeds.shape[1] + prefill.max_new_tokens) if static is not None else None
-            hidden, cache = runner.prefill(prefill.inputs_embeds, None, prefill.visual_start, visual_end, key_values=key_values)
+            if static is not None and not self.intra_llm.reference_bidirectional_bug:
+                key_values = static.cache(prefill.inputs_embeds.shape[1] + prefill.max_new_tokens)
+                logits, cache = runner.prefill_static(static, key_values, prefill.inputs_embeds, prefill.visual_start, visual_end)
+                prefill.stats.visual_tokens_after_intra_llm = int(cache.num_visual_kept)
+                return logits, ("intra_static", runner, cache)
+            hidden, cache = runner.prefill(prefill.inputs_embeds, None, prefill.visual_start, visual_end)
             prefill.stats.visual_tokens_after_intra_llm = int(cache.num_visual_kept)
-            state = ("intra_static", runner, cache) if static is not None else (runner, cache)
-            return self.model.lm_head(hidden[:, -1]), state
+            return self.model.lm_head(hidden[:, -1]), (runner, cache)
         if static is not None:
             length = prefill.inputs_embeds.shape[1]
             cache = static.cache(length + prefill.max_new_tokens)

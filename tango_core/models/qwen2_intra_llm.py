@@ -150,25 +150,57 @@ class IntraLLMQwen2Runner:
         )
 
     def _last_row_attention(
-        self, layer: nn.Module, hidden_in: Tensor, cos: Tensor, sin: Tensor, keys: Tensor
+        self, layer: nn.Module, hidden_in: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, last: Optional[Tensor] = None
     ) -> Tensor:
-        """Post-softmax attention (S,) fp32 of the last query of ``layer``, averaged over heads.
+        """Post-softmax attention (S,) fp32 of query ``last`` of ``layer``, averaged over heads.
 
         hidden_in: (1, S, D) input of the layer. cos, sin: (1, S, hd). keys: (1, kv_heads, S, hd),
-        the layer's rotated keys (from its cache). Only one query row is formed.
+        the layer's rotated keys (from its cache). last: (1,) index of the query (default S - 1);
+        keys after it (a padded prompt's padding) get no weight. Only one query row is formed.
         """
         attn = layer.self_attn
         head_dim = attn.head_dim
-        query = attn.q_proj(layer.input_layernorm(hidden_in[:, -1:]))  # (1, 1, H * hd)
+        if last is None:
+            row, row_cos, row_sin = hidden_in[:, -1:], cos[:, -1:], sin[:, -1:]
+        else:
+            row, row_cos, row_sin = (t.index_select(1, last) for t in (hidden_in, cos, sin))
+        query = attn.q_proj(layer.input_layernorm(row))  # (1, 1, H * hd)
         query = query.view(1, 1, -1, head_dim).transpose(1, 2)  # (1, H, 1, hd)
-        query, _ = apply_rotary_pos_emb(query, query, cos[:, -1:], sin[:, -1:])
+        query, _ = apply_rotary_pos_emb(query, query, row_cos, row_sin)
         num_kv = keys.shape[1]
         groups = query.shape[1] // num_kv
         # Query head h uses key head h // groups (what repeat_kv does), without repeating keys.
         q = query.reshape(num_kv, groups, head_dim).float()
         k = keys[0].float()  # (kv_heads, S, hd)
         scores = torch.matmul(q, k.transpose(1, 2)) * attn.scaling  # (kv_heads, groups, S)
+        if last is not None:
+            padding = torch.arange(scores.shape[-1], device=scores.device) > last
+            scores = scores.masked_fill(padding, float("-inf"))
         return torch.softmax(scores, dim=-1).mean(dim=(0, 1))
+
+    def low_layers(self, model: Optional[nn.Module], embeds: Tensor, positions: Tensor, slots: Optional[Tensor],
+                   last: Optional[Tensor], key_values: Cache) -> Tuple[Tensor, Tensor]:
+        """Layers ``0 .. K-1`` on a prompt (1, S, D), padded at its end or not, into a static cache:
+        (hidden (1, S, D) out of layer K-1, attention (S,) fp32 of the prompt's last real token
+        ``last`` (1,; None: the last token) in layer K-1, zero on the padding). A
+        :class:`~tango_core.models.static_decoding.StaticDecoding` prefill body (``model`` unused)."""
+        k_layer = self.prune_layer
+        cos, sin = self.model.rotary_emb(embeds, positions)
+        causal = self._causal_mask(embeds, key_values, positions, layer_idx=0)
+        hidden_in = self._run_layers(embeds, range(k_layer - 1), causal, (cos, sin), key_values)
+        hidden = self._run_layers(hidden_in, range(k_layer - 1, k_layer), causal, (cos, sin), key_values)
+        keys = key_values.layers[k_layer - 1].keys[:, :, : embeds.shape[1]]
+        return hidden, self._last_row_attention(self.model.layers[k_layer - 1], hidden_in, cos, sin, keys, last)
+
+    def high_layers(self, model: nn.Module, hidden: Tensor, positions: Tensor, slots: Tensor, last: Tensor, key_values: Cache) -> Tensor:
+        """Layers ``K .. L-1`` on the kept tokens (1, S', D) at their own positions (1, S'), padded
+        at the end or not: logits (1, V) of ``model``'s head at the last real token ``last`` (1,).
+        A :class:`~tango_core.models.static_decoding.StaticDecoding` prefill body."""
+        k_layer = self.prune_layer
+        rope = self.model.rotary_emb(hidden, positions)
+        causal = self._causal_mask(hidden, key_values, positions, layer_idx=k_layer)
+        hidden = self._run_layers(hidden, range(k_layer, self.num_layers), causal, rope, key_values)
+        return model.lm_head(self.model.norm(hidden.index_select(1, last))[:, 0])
 
     # ------------------------------------------------------------------ public API
 
@@ -212,22 +244,17 @@ class IntraLLMQwen2Runner:
             raise ValueError("reference_bidirectional_bug needs a growing cache: pass key_values=None.")
         cache = DynamicCache(config=self.config) if key_values is None else key_values
         cos, sin = self.model.rotary_emb(inputs_embeds, position_ids)  # (1, S, hd) each
-        hidden = inputs_embeds
-        causal = self._causal_mask(hidden, cache, position_ids, layer_idx=0)
-        hidden = self._run_layers(hidden, range(k_layer - 1), causal, (cos, sin), cache)
-
-        # Layer K-1: run it, then rank the visual tokens by its last attention row.
-        hidden_in = hidden
-        layer = self.model.layers[k_layer - 1]
-        if self.reference_bidirectional_bug:
-            full = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=None,
+        if self.reference_bidirectional_bug:  # layer K-1 without its causal mask, then the last row
+            causal = self._causal_mask(inputs_embeds, cache, position_ids, layer_idx=0)
+            hidden_in = self._run_layers(inputs_embeds, range(k_layer - 1), causal, (cos, sin), cache)
+            layer = self.model.layers[k_layer - 1]
+            full = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_in, attention_mask=None,
                                              past_key_values=cache)
-            hidden = layer(hidden, attention_mask=full, position_embeddings=(cos, sin), past_key_values=cache,
+            hidden = layer(hidden_in, attention_mask=full, position_embeddings=(cos, sin), past_key_values=cache,
                            use_cache=True, is_causal=False)
-        else:
-            hidden = self._run_layers(hidden, range(k_layer - 1, k_layer), causal, (cos, sin), cache)
-        keys = cache.layers[k_layer - 1].keys[:, :, :seq_len]  # a static layer holds empty slots after these
-        last_row = self._last_row_attention(layer, hidden_in, cos, sin, keys)
+            last_row = self._last_row_attention(layer, hidden_in, cos, sin, cache.layers[k_layer - 1].keys[:, :, :seq_len])
+        else:  # layers 0 .. K-1, and layer K-1's last attention row (a static layer's empty slots left out)
+            hidden, last_row = self.low_layers(None, inputs_embeds, position_ids, None, None, cache)
 
         result = merge_and_prune_visual(
             hidden[0], last_row[visual_start:visual_end], visual_start, self.keep_ratio, self.merge_weight
@@ -250,6 +277,53 @@ class IntraLLMQwen2Runner:
             next_position=int(position_ids[0, -1]) + 1,
         )
         return hidden, state
+
+    @torch.no_grad()
+    def prefill_static(
+        self,
+        decoding,
+        key_values: Cache,
+        inputs_embeds: Tensor,
+        visual_start: int,
+        visual_end: int,
+    ) -> Tuple[Tensor, IntraLLMCache]:
+        """:meth:`prefill` on a static cache through ``decoding`` (a
+        :class:`~tango_core.models.static_decoding.StaticDecoding` made for the model whose head
+        ends :meth:`high_layers`): the layers below K and the layers from K on are two prefills, each
+        padded and replayed as its own CUDA graph where ``decoding`` says so (their lengths, S and
+        S', vary apart); the choice of the kept tokens between them runs eagerly. Positions are
+        0 .. S-1. Returns logits (1, V) of the last prompt token and the cache to decode from.
+        """
+        if self.reference_bidirectional_bug:
+            raise ValueError("reference_bidirectional_bug needs a growing cache: use prefill(key_values=None).")
+        seq_len = inputs_embeds.shape[1]
+        visual_start, visual_end = int(visual_start), int(visual_end)
+        if not 0 <= visual_start <= visual_end <= seq_len - 1:
+            raise ValueError(
+                f"visual span [{visual_start}, {visual_end}) must satisfy 0 <= start <= end <= S - 1 = {seq_len - 1} "
+                "(the last prompt token must be text)."
+            )
+        k_layer = self.prune_layer
+        position_ids = torch.arange(seq_len, device=inputs_embeds.device)[None]
+        hidden, last_row = decoding.prefill(self.low_layers, key_values, inputs_embeds, position_ids, layers=range(k_layer))
+        result = merge_and_prune_visual(
+            hidden[0, :seq_len], last_row[visual_start:visual_end], visual_start, self.keep_ratio, self.merge_weight
+        )
+        keep = result.keep_positions.to(device=inputs_embeds.device, dtype=torch.long)
+        kept_ids = position_ids[:, keep]
+        logits = decoding.prefill(
+            self.high_layers, key_values, result.hidden.to(hidden.dtype)[None], kept_ids, layers=range(k_layer, self.num_layers)
+        )
+        state = IntraLLMCache(
+            key_values=key_values,
+            prune_layer=k_layer,
+            full_length=seq_len,
+            keep_positions=keep,
+            visual_start=visual_start,
+            visual_end=visual_end,
+            next_position=seq_len,
+        )
+        return logits, state
 
     @torch.no_grad()
     def decode_step(self, token_embeds: Tensor, cache: IntraLLMCache) -> Tuple[Tensor, IntraLLMCache]:

@@ -197,7 +197,11 @@ class StaticDecoding:
         """Start writing at slot 0 again. transformers' static layers keep their write position in a
         device counter (``cumulative_length``) that every update advances; zeroed in place so that a
         captured graph keeps reading the same tensor."""
-        for layer in cache.layers:
+        StaticDecoding._rewind_layers(cache.layers)
+
+    @staticmethod
+    def _rewind_layers(layers) -> None:
+        for layer in layers:
             if getattr(layer, "is_initialized", False):
                 layer.cumulative_length.zero_()
 
@@ -262,17 +266,20 @@ class StaticDecoding:
                 layer.cumulative_length.copy_(length)
         return fast
 
-    def prefill(self, body: PrefillBody, cache, embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def prefill(self, body: PrefillBody, cache, embeds: torch.Tensor, positions: torch.Tensor, layers: Optional[range] = None):
         """Run the prompt embeds (1, S, D) at positions (..., S) into ``cache`` (just made by
-        :meth:`cache`): logits (1, V) of its last token. Padded and replayed as a CUDA graph where
-        the constructor's settings say so; the cache then continues at slot S either way."""
+        :meth:`cache`): what ``body`` returns (logits (1, V) of its last token). Padded and
+        replayed as a CUDA graph where the constructor's settings say so; the cache then continues
+        at slot S either way. layers: the cache layers ``body`` writes (default all): only these
+        are rewound and set to S, so that two bodies can fill one cache's two groups of layers
+        with prompts of two lengths (each body has graphs of its own)."""
         length = int(embeds.shape[1])
         if not self.pad_prompts or length > self.max_padded_prompt:
             slots = torch.arange(length, device=embeds.device)
             last = torch.full((1,), length - 1, dtype=torch.long, device=embeds.device)
             return body(self.model, embeds, positions, slots, last, cache)
         padded = -(-length // self.prompt_quantum) * self.prompt_quantum
-        entry = self._prompt_entry(cache, embeds, positions, padded)
+        entry = self._prompt_entry(cache, embeds, positions, padded, getattr(body, "__func__", body))
         entry.embeds[:, :length].copy_(embeds)
         entry.embeds[:, length:].zero_()
         entry.positions[..., :length].copy_(positions)
@@ -284,17 +291,17 @@ class StaticDecoding:
             return entry.logits
         entry.seen += 1
         if not self.capture or entry.failed or entry.seen < self.prompt_capture_after:
-            return self._padded_prefill(body, cache, entry)
+            return self._padded_prefill(body, cache, entry, layers)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            logits = self._padded_prefill(body, cache, entry)  # the real prefill, and the warm-up
+            logits = self._padded_prefill(body, cache, entry, layers)  # the real prefill, and the warm-up
         torch.cuda.current_stream(self.device).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            entry.logits = capture(graph, lambda: self._padded_prefill(body, cache, entry), self.device, self._pool)
+            entry.logits = capture(graph, lambda: self._padded_prefill(body, cache, entry, layers), self.device, self._pool)
             entry.graph = graph
         except Exception as error:  # noqa: BLE001 - a prefill that cannot be captured still runs
             entry.failed = True
@@ -302,8 +309,8 @@ class StaticDecoding:
             LOG.warning("prefill could not be captured as a CUDA graph (%s); running it eagerly", error)
         return logits
 
-    def _prompt_entry(self, cache, embeds: torch.Tensor, positions: torch.Tensor, padded: int) -> _PromptEntry:
-        key = (id(cache), padded)
+    def _prompt_entry(self, cache, embeds: torch.Tensor, positions: torch.Tensor, padded: int, body: Callable) -> _PromptEntry:
+        key = (id(cache), padded, body)
         entry = self.prompts.get(key)
         if entry is None:
             device = embeds.device
@@ -320,13 +327,15 @@ class StaticDecoding:
         self.prompts.move_to_end(key)
         return entry
 
-    def _padded_prefill(self, body: PrefillBody, cache, entry: _PromptEntry) -> torch.Tensor:
-        """The padded prompt from slot 0, then the write position set to the real length (on the device)."""
-        self._rewind(cache)
-        logits = body(self.model, entry.embeds, entry.positions, entry.slots, entry.last, cache)
-        for layer in cache.layers:
+    def _padded_prefill(self, body: PrefillBody, cache, entry: _PromptEntry, layers: Optional[range] = None):
+        """The padded prompt from slot 0 of ``layers`` (default all), then their write position set
+        to the real length (on the device)."""
+        chosen = list(cache.layers) if layers is None else [cache.layers[i] for i in layers]
+        self._rewind_layers(chosen)
+        out = body(self.model, entry.embeds, entry.positions, entry.slots, entry.last, cache)
+        for layer in chosen:
             layer.cumulative_length.copy_(entry.length)
-        return logits
+        return out
 
     def clear(self) -> None:
         """Drop every cache and graph (frees their GPU memory)."""

@@ -356,3 +356,28 @@ def test_invalid_inputs_raise(attn: str) -> None:
     _, cache = runner.prefill(embeds, None, VIS_START, VIS_END)
     with pytest.raises(ValueError, match="token_embeds"):
         runner.decode_step(make_embeds(2), cache)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_low_layers_on_a_padded_prompt_rank_by_the_real_tokens(attn: str) -> None:
+    """The graphed prefill's first body on a prompt padded at its end: the real tokens' hidden
+    states and layer K-1's last attention row are the unpadded prompt's (the row computed apart
+    here by softmax over the real keys only); the padding gets no attention."""
+    from transformers import StaticCache
+
+    model = make_model(attn)
+    runner = IntraLLMQwen2Runner(model, prune_layer=PRUNE_LAYER)
+    embeds = make_embeds(SEQ)
+    padded = torch.cat([embeds, 3.0 * torch.ones(1, 5, HIDDEN)], dim=1)  # padding with large keys
+    positions = torch.arange(SEQ + 5)[None]
+    last = torch.tensor([SEQ - 1])
+    with torch.no_grad():
+        cache = StaticCache(config=model.config, max_cache_len=64)
+        hidden, row = runner.low_layers(None, padded, positions, None, last, cache)
+        plain = model(inputs_embeds=embeds, output_hidden_states=True, output_attentions=attn == "eager")
+    torch.testing.assert_close(hidden[:, :SEQ], plain.hidden_states[PRUNE_LAYER], atol=1e-5, rtol=1e-5)
+    assert torch.all(row[SEQ:] == 0)
+    torch.testing.assert_close(row.sum(), torch.tensor(1.0), atol=1e-5, rtol=0)
+    if attn == "eager":  # transformers' own attention weights of layer K-1, last row, mean over heads
+        expected = plain.attentions[PRUNE_LAYER - 1][0, :, -1].float().mean(0)
+        torch.testing.assert_close(row[:SEQ], expected, atol=1e-5, rtol=1e-4)

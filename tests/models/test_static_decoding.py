@@ -63,12 +63,14 @@ def test_bucket_length() -> None:
     assert [bucket_length(n) for n in (1, 1024, 1025, 5000)] == [1024, 1024, 2048, 5120]
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "llava_video"])
 @pytest.mark.parametrize("quantum", [64, 7])
 def test_padded_prompt_decodes_like_the_unpadded_one(checkpoints, family, quantum) -> None:
     """The prompt padded at its end (what the captured prefill runs): under the causal mask the
     real tokens' logits and every generated token are the unpadded prompt's, and decoding
-    continues at the real length (the first step overwrites the first padding entry)."""
+    continues at the real length (the first step overwrites the first padding entry). LLaVA-Video:
+    both groups of layers padded apart (S and S' tokens), the kept tokens chosen from the real
+    tokens' attention only."""
     from tango_core.models.static_decoding import StaticDecoding
 
     path, options = checkpoints[family]
@@ -86,10 +88,18 @@ def test_padded_prompt_decodes_like_the_unpadded_one(checkpoints, family, quantu
     ids, logits = model.decode(prefill, 10, keep_logits=True)
     assert torch.equal(ids, expected_ids)
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
-    (entry,) = model._static.prompts.values()
-    assert entry.embeds.shape[1] == -(-length // quantum) * quantum
     cache = next(iter(model._static.entries.values())).cache
-    assert [int(layer.cumulative_length) for layer in cache.layers] == [length + 9] * len(cache.layers)
+    lengths = [int(layer.cumulative_length) for layer in cache.layers]
+    if family == "llava_video":
+        low, high = model._static.prompts.values()
+        kept = length - prefill.visual_length + prefill.stats.visual_tokens_after_intra_llm
+        assert kept % quantum != 0 and high.embeds.shape[1] == -(-kept // quantum) * quantum
+        k = model.intra_llm_layer
+        assert lengths == [length + 9] * k + [kept + 9] * (len(lengths) - k)
+    else:
+        (low,) = model._static.prompts.values()
+        assert lengths == [length + 9] * len(cache.layers)
+    assert low.embeds.shape[1] == -(-length // quantum) * quantum
 
 
 def test_long_prompts_are_not_padded() -> None:
