@@ -77,7 +77,11 @@ def test_padded_prompt_decodes_like_the_unpadded_one(checkpoints, family, quantu
     model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
     model.stop_token_ids = []
     model.decoding = "dynamic"
-    expected_ids, expected_logits = model.decode(model.prepare(FRAMES, "What happens?"), 10, keep_logits=True)
+    expected = model.prepare(FRAMES, "What happens?")
+    expected_ids, expected_logits = model.decode(expected, 10, keep_logits=True)
+    if family == "llava_video":  # a quantum that pads both groups (S' follows the kept count, which varies by machine)
+        kept = expected.inputs_embeds.shape[1] - expected.visual_length + expected.stats.visual_tokens_after_intra_llm
+        quantum = next(q for q in range(quantum, quantum + 8) if expected.inputs_embeds.shape[1] % q and kept % q)
     model.decoding = "static"
     shape = (3, 1, 1) if family == "qwen2_5_vl" else (1, 1)
     text_config = model.model.config.get_text_config(decoder=True)
