@@ -5,7 +5,7 @@ Usage (GPU): python benchmarks/speed_7b.py [--families ...] [--repeats 3] [--new
 
 Each family is built at 7B size with random weights (they time like real ones), and answers one
 generated 360x640 clip (frames given as an array: no video decoding) with the default execution:
-frames resized on the GPU (LLaVA; uploaded through a pinned buffer), SigLIP's GELU in its product's epilogue and its
+frames resized on the GPU (LLaVA), SigLIP's GELU in its product's epilogue and its
 tower replayed as a CUDA graph (LLaVA); Qwen2.5-VL's ViT with all windows in one attention call, its
 MLPs at an aligned width and its blocks compiled; the prompt's prefill and the decoding steps on a
 static cache replayed as CUDA graphs (LLaVA-Video's intra-LLM prefill eagerly), the steps

@@ -36,7 +36,6 @@ from .families import get_family
 from .base import DECODING, KeptTokens, check_option, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from .siglip_head import DEFAULT_SIGLIP_ID, SiglipSaliencyHead
 from .siglip_tower import SiglipTower
-from .upload import FrameUploader
 from .video import to_clip
 
 LLAVA_FAMILIES: Tuple[str, ...] = ("llava_onevision", "llava_video")
@@ -76,8 +75,7 @@ class LlavaTango(TangoVideoLM):
     preprocessing: ``"pil"`` resizes each frame with PIL's bicubic filter, exactly as the
         reference's image processor does (CPU); ``"torch"`` resizes all frames at once on the
         model's device (antialiased bicubic, rounded to integers like PIL's output; within a grey
-        level of PIL's); ``"auto"`` (default): torch on CUDA, PIL elsewhere. On CUDA the frames go
-        up through a reused pinned buffer (:class:`~tango_core.models.video.FrameUploader`).
+        level of PIL's); ``"auto"`` (default): torch on CUDA, PIL elsewhere.
     vision_blocks: the SigLIP tower (:mod:`~tango_core.models.siglip_tower`): ``"transformers"``
         runs its layers as transformers defines them; ``"fused"`` puts the MLP's tanh-GELU into its
         first product's epilogue (the same function, rounded once instead of twice); ``"graphs"``
@@ -131,7 +129,6 @@ class LlavaTango(TangoVideoLM):
         self.preprocessing = preprocessing
         self.vision_blocks = vision_blocks
         self._tower: Optional[SiglipTower] = None
-        self._uploader = FrameUploader()
         self.decoding = decoding
         self.num_layers = int(config.text_config.num_hidden_layers)
         self.intra_llm = intra_llm
@@ -227,7 +224,7 @@ class LlavaTango(TangoVideoLM):
         on_device = self.preprocessing == "torch" or (self.preprocessing == "auto" and self.device.type == "cuda")
         if frames.shape[1:3] != (size, size) and not on_device:
             frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
-        pixels = self._uploader.upload(frames, self.device).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
         if pixels.shape[-2:] != (size, size):  # on the device: one antialiased resize of every frame
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
             pixels = pixels.clamp_(0.0, 255.0).round_()

@@ -40,7 +40,6 @@ from ..config import TangoConfig
 from .base import DECODING, KeptTokens, check_option, Prefill, StageTimer, TangoStats, TangoVideoLM, VideoClip, VideoSource, VisualTokens
 from . import vision_attention
 from .fast_blocks import FastBlocks
-from .upload import FrameUploader
 from .video import check_frames, probe_video, read_frames
 
 VISION_ATTENTION: Tuple[str, ...] = ("auto", "batched", "transformers")
@@ -472,7 +471,6 @@ class Qwen25VLTango(TangoVideoLM):
         self.vision_blocks = vision_blocks
         self._fast_blocks: Optional[FastBlocks] = None
         self._vision_table_cache: Dict[tuple, Dict[str, Any]] = {}
-        self._uploader = FrameUploader()
         self.decoding = decoding
 
     # -- loading -------------------------------------------------------------------------------
@@ -566,7 +564,8 @@ class Qwen25VLTango(TangoVideoLM):
 
     def pixel_values(self, clip: VideoClip) -> Tuple[torch.Tensor, torch.Tensor]:
         """Resize, normalise and patchify a clip: pixel rows (P, C*2*14*14) float32 and grid (1, 3)."""
-        frames = self._uploader.upload(clip.frames, self.device).permute(0, 3, 1, 2).float()  # (T, 3, H, W) in [0, 255]
+        frames = torch.from_numpy(np.ascontiguousarray(clip.frames)).to(self.device)
+        frames = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W) in [0, 255]
         height, width = frames.shape[-2:]
         factor = self.patch_size * self.merge_size
         low, high = frame_pixel_bounds(frames.shape[0], self.video_min_pixels, self.video_max_pixels, self.video_total_pixels)

@@ -17,7 +17,6 @@ from transformers import SiglipVisionConfig, SiglipVisionModel  # noqa: E402
 from tango_core import TangoConfig  # noqa: E402
 from tango_core.models.llava import LlavaTango  # noqa: E402
 from tango_core.models.siglip_tower import SiglipTower, fused_layer, has_tanh_gelu_mlp  # noqa: E402
-from tango_core.models.upload import FrameUploader  # noqa: E402
 from tango_core.testing.tiny_llava import build_tiny_llava  # noqa: E402
 
 
@@ -92,12 +91,6 @@ def test_adapter_option_and_shared_runner():
         LlavaTango(model, tokenizer, vision_blocks="compiled", **head_kw)
 
 
-def test_uploader_on_cpu_returns_the_frames():
-    frames = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
-    out = FrameUploader().upload(frames[:, ::-1], torch.device("cpu"))  # a non-contiguous view
-    assert out.dtype == torch.uint8 and np.array_equal(out.numpy(), frames[:, ::-1])
-
-
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -116,18 +109,6 @@ def test_graphs_on_cuda_replay_the_eager_tower():
     assert torch.equal(kept, eager(second))
     runner(first)
     assert torch.equal(kept, eager(second))  # an earlier output is not overwritten by a replay
-
-
-@cuda
-def test_uploader_reuses_its_pinned_buffer_safely():
-    uploader = FrameUploader()
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8) for _ in range(4)]
-    outs = [uploader.upload(b, torch.device("cuda")) for b in batches]
-    torch.cuda.synchronize()
-    assert uploader._buffer.is_pinned()
-    for b, out in zip(batches, outs):
-        assert np.array_equal(out.cpu().numpy(), b)
 
 
 @cuda
