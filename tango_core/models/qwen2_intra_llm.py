@@ -12,9 +12,12 @@ The transformers modules of the model are reused as they are: decoder layers, ro
 final norm, ``DynamicCache`` (or a ``StaticCache`` handed in: its layers keep their own write
 positions, so the two groups of layers simply hold different lengths) and the mask helpers of
 ``transformers.masking_utils`` (so sdpa, eager, flash and flex attention all get the mask format
-they expect). Batch size 1 only. :meth:`IntraLLMQwen2Runner.static_step` is a decoding step whose
-position comes in a tensor, for :class:`~tango_core.models.static_decoding.StaticDecoding` to
-replay as a CUDA graph.
+they expect). Batch size 1 only. For :class:`~tango_core.models.static_decoding.StaticDecoding`
+to replay as CUDA graphs: :meth:`IntraLLMQwen2Runner.low_layers` and
+:meth:`~IntraLLMQwen2Runner.high_layers` are the two halves of the prefill as prefill bodies (a
+padded prompt's padding gets no weight in the ranking row), joined by
+:meth:`~IntraLLMQwen2Runner.prefill_static`; :meth:`~IntraLLMQwen2Runner.static_step` is a
+decoding step whose position comes in a tensor.
 """
 
 from __future__ import annotations
