@@ -245,9 +245,18 @@ class TangoVideoLM(ABC):
     def encode(self, clip: VideoClip, with_saliency: bool, timer: StageTimer) -> VisualTokens:
         """Pixels, vision tower and saliency; timed as "preprocess", "vit" and "project"."""
 
+    def prepare_text(self, question: str, clip: VideoClip, visual: VisualTokens) -> Any:
+        """The prompt's work that needs no vision output (tokenising, position ids), run by
+        :meth:`prepare` right after :meth:`encode` has queued the vision tower and before
+        anything waits for it: on CUDA the host does it while the GPU runs the tower. It must not
+        synchronise with the device (host tensors, non-blocking uploads). Its result reaches
+        :meth:`splice` as ``text``; the default, None, leaves everything to :meth:`splice`."""
+        return None
+
     @abstractmethod
-    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip) -> Prefill:
-        """The prompt with the kept visual tokens in it (embeddings and whatever positions the LLM needs)."""
+    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip, text: Any = None) -> Prefill:
+        """The prompt with the kept visual tokens in it (embeddings and whatever positions the LLM
+        needs); ``text``: what :meth:`prepare_text` returned."""
 
     @abstractmethod
     def start(self, prefill: Prefill) -> Tuple[torch.Tensor, Any]:
@@ -319,10 +328,11 @@ class TangoVideoLM(ABC):
             with timer("load"):
                 clip = self.load_clip(video)
             visual = self.encode(clip, with_saliency=self.prunes, timer=timer)
+            text = self.prepare_text(question, clip, visual)  # host work, overlapping the vision tower
             with timer("prune"):
                 kept = self.prune(visual)
             with timer("splice"):
-                prefill = self.splice(question, visual, kept, clip)
+                prefill = self.splice(question, visual, kept, clip, text)
         stats = prefill.stats
         stats.num_frames = int(clip.frames.shape[0])
         stats.visual_tokens_before = int(visual.features.shape[0] * visual.features.shape[1])

@@ -208,9 +208,10 @@ class LlavaTango(TangoVideoLM):
         return before, after
 
     def _tokenize(self, text: str) -> torch.Tensor:
-        """(T,) int64 ids of ``text`` without added special tokens, on the model's device."""
+        """(T,) int64 ids of ``text`` without added special tokens, on the model's device (uploaded
+        without waiting for the device's queued work)."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return torch.tensor(ids, dtype=torch.long, device=self.device)
+        return torch.tensor(ids, dtype=torch.long).to(self.device, non_blocking=True)
 
     # -- vision --------------------------------------------------------------------------------
 
@@ -287,7 +288,7 @@ class LlavaTango(TangoVideoLM):
         with timer("project"):
             features, grid = self.pool_features(self.model.model.multi_modal_projector(hidden))
             saliency = self.pool_saliency(head_out.attention) if head_out is not None else None
-            timestamps = torch.as_tensor(np.asarray(clip.timestamps, dtype=np.float32), device=self.device)
+            timestamps = torch.from_numpy(np.asarray(clip.timestamps, dtype=np.float32)).to(self.device, non_blocking=True)
         return VisualTokens(features, saliency, grid, timestamps, head_out.pooled if head_out is not None else None)
 
     # -- prompt with the video -----------------------------------------------------------------
@@ -311,12 +312,20 @@ class LlavaTango(TangoVideoLM):
         out[token_slot[row_end] + 1] = newline
         return out
 
-    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip) -> LlavaInputs:
-        """``[prompt before <image>] [video tokens + newlines] [prompt after <image>]`` as embeddings."""
-        video_embeds = self.video_layout(kept.keep_index, kept.features.to(visual.features.dtype), visual.grid)
+    def prepare_text(self, question: str, clip: VideoClip, visual: VisualTokens) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The ids (T,) of the prompt before and after the video, tokenised while the GPU runs SigLIP."""
         before, after = self.prompt_parts(question, clip)
+        return self._tokenize(before), self._tokenize(after)
+
+    def splice(
+        self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip,
+        text: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> LlavaInputs:
+        """``[prompt before <image>] [video tokens + newlines] [prompt after <image>]`` as embeddings
+        (``text``: the two id sequences of :meth:`prepare_text`)."""
+        video_embeds = self.video_layout(kept.keep_index, kept.features.to(visual.features.dtype), visual.grid)
         embed = self.model.get_input_embeddings()
-        pre_ids, post_ids = self._tokenize(before), self._tokenize(after)
+        pre_ids, post_ids = self.prepare_text(question, clip, visual) if text is None else text
         inputs_embeds = torch.cat([embed(pre_ids), video_embeds.to(self.dtype), embed(post_ids)], dim=0)[None]
         return LlavaInputs(
             inputs_embeds=inputs_embeds,

@@ -342,6 +342,21 @@ class QwenVideoInputs:
 
 
 @dataclass
+class QwenText:
+    """The prompt side of one call, made before the ViT's output is needed: ids (1, S), mask
+    (1, S), M-RoPE ids (3, 1, S) and deltas (1, 1) of the full sequence, the video tokens'
+    positions (Nv,) on the device; the video's start and the first new token's M-RoPE id on the host."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    rope_deltas: torch.Tensor
+    video_positions: torch.Tensor
+    visual_start: int
+    first_new_position: int
+
+
+@dataclass
 class QwenPrefill(Prefill):
     """The (possibly pruned) LLM input of one call.
 
@@ -562,23 +577,34 @@ class Qwen25VLTango(TangoVideoLM):
                              clip.source_fps, clip.num_source_frames, clip.source)
         return clip
 
+    def _resize_plan(self, num_frames: int, height: int, width: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """The two resizes of a clip: qwen-vl-utils' (per-video pixel bounds), then the processor's."""
+        factor = self.patch_size * self.merge_size
+        low, high = frame_pixel_bounds(num_frames, self.video_min_pixels, self.video_max_pixels, self.video_total_pixels)
+        first = smart_resize(height, width, factor, low, high)
+        return first, smart_resize(first[0], first[1], factor, self.processor_min_pixels, self.processor_max_pixels)
+
+    def video_grid(self, clip: VideoClip) -> Tuple[int, int, int]:
+        """(grid_t, grid_h, grid_w) of the clip's patches from its shape alone (what
+        :meth:`pixel_values` makes, read without waiting for the device)."""
+        num, height, width = (int(v) for v in clip.frames.shape[:3])
+        _, (proc_h, proc_w) = self._resize_plan(num, height, width)
+        return -(-num // self.temporal_patch_size), proc_h // self.patch_size, proc_w // self.patch_size
+
     def pixel_values(self, clip: VideoClip) -> Tuple[torch.Tensor, torch.Tensor]:
         """Resize, normalise and patchify a clip: pixel rows (P, C*2*14*14) float32 and grid (1, 3)."""
         frames = torch.from_numpy(np.ascontiguousarray(clip.frames)).to(self.device)
         frames = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W) in [0, 255]
-        height, width = frames.shape[-2:]
-        factor = self.patch_size * self.merge_size
-        low, high = frame_pixel_bounds(frames.shape[0], self.video_min_pixels, self.video_max_pixels, self.video_total_pixels)
-        new_h, new_w = smart_resize(height, width, factor, low, high)
+        (new_h, new_w), (proc_h, proc_w) = self._resize_plan(frames.shape[0], frames.shape[-2], frames.shape[-1])
         frames = resize_frames(frames, new_h, new_w, round_to_uint8=True)
-        proc_h, proc_w = smart_resize(new_h, new_w, factor, self.processor_min_pixels, self.processor_max_pixels)
         frames = resize_frames(frames, proc_h, proc_w, round_to_uint8=False)
         rows, grid = patchify_video(frames, self.image_mean, self.image_std, self.patch_size,
                                     self.temporal_patch_size, self.merge_size)
         return rows, torch.tensor([grid], dtype=torch.long, device=self.device)
 
-    def prompt_ids(self, question: str, num_video_tokens: int) -> torch.Tensor:
-        """Chat-template prompt with the video placeholder expanded: (1, S) token ids."""
+    def prompt_ids(self, question: str, num_video_tokens: int, device: Optional[torch.device] = None) -> torch.Tensor:
+        """Chat-template prompt with the video placeholder expanded: (1, S) token ids on ``device``
+        (default the model's)."""
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
         text = self.tokenizer.apply_chat_template(
             messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=True
@@ -592,16 +618,18 @@ class Qwen25VLTango(TangoVideoLM):
                 "question must not contain <|video_pad|>."
             )
         counts = torch.where(is_video, num_video_tokens, 1)
-        return ids.repeat_interleave(counts).unsqueeze(0).to(self.device)
+        return ids.repeat_interleave(counts).unsqueeze(0).to(self.device if device is None else device)
 
-    def _text_inputs(self, question: str, grid_thw: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """input_ids, attention_mask, mm_token_type_ids, second_per_grid_ts for a video of ``grid_thw``."""
-        input_ids = self.prompt_ids(question, int(grid_thw.prod()) // (self.merge_size ** 2))
+    def _text_inputs(self, question: str, grid_thw: torch.Tensor, device: Optional[torch.device] = None) -> Dict[str, torch.Tensor]:
+        """input_ids, attention_mask, mm_token_type_ids, second_per_grid_ts for a video of
+        ``grid_thw``, on ``device`` (default the model's)."""
+        device = self.device if device is None else torch.device(device)
+        input_ids = self.prompt_ids(question, int(grid_thw.prod()) // (self.merge_size ** 2), device)
         return {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "mm_token_type_ids": (input_ids == self.video_token_id).to(torch.int32) * 2,
-            "second_per_grid_ts": torch.ones(1, device=self.device),
+            "second_per_grid_ts": torch.ones(1, device=device),
         }
 
     def prepare_inputs(self, video: VideoSource, question: str, num_frames: Optional[int] = None) -> QwenVideoInputs:
@@ -697,37 +725,54 @@ class Qwen25VLTango(TangoVideoLM):
         with timer("vit"):
             video_embeds, saliency = self.encode_video(pixels, grid_thw, with_saliency)
         with timer("project"):
-            grid_t, grid_h, grid_w = (int(v) for v in grid_thw[0])
+            grid_t, grid_h, grid_w = self.video_grid(clip)  # host values: reading grid_thw would wait for the ViT
             grid = (grid_h // self.merge_size, grid_w // self.merge_size)
             features = video_embeds.reshape(grid_t, grid[0] * grid[1], -1)
-            times = torch.from_numpy(patch_timestamps(np.asarray(clip.timestamps), grid_t)).to(self.device)
+            times = torch.from_numpy(patch_timestamps(np.asarray(clip.timestamps), grid_t)).to(self.device, non_blocking=True)
         return VisualTokens(features, saliency, grid, times)
 
     # -- prompt with the video -----------------------------------------------------------------
 
-    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip) -> QwenPrefill:
-        """M-RoPE ids of the full sequence first, then the pruned video tokens dropped from the
-        embeddings, positions and mask (``rope_deltas`` of the full sequence kept)."""
+    def prepare_text(self, question: str, clip: VideoClip, visual: VisualTokens) -> "QwenText":
+        """The prompt's ids and the full sequence's M-RoPE ids (transformers' ``get_rope_index``),
+        computed on the host from the video grid while the GPU runs the ViT, then uploaded without
+        waiting (integer arithmetic: the same ids as on the device)."""
+        num_frames = int(visual.features.shape[0])
+        grid_thw = torch.tensor([[num_frames, visual.grid[0] * self.merge_size, visual.grid[1] * self.merge_size]], dtype=torch.long)
+        host = self._text_inputs(question, grid_thw, device=torch.device("cpu"))
+        position_ids, rope_deltas = self.model.model.get_rope_index(
+            host["input_ids"],
+            mm_token_type_ids=host["mm_token_type_ids"],
+            video_grid_thw=grid_thw,
+            second_per_grid_ts=host["second_per_grid_ts"],
+            attention_mask=host["attention_mask"],
+        )
+        video_positions = (host["input_ids"][0] == self.video_token_id).nonzero().squeeze(1)
+
+        def up(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True)
+
+        return QwenText(
+            input_ids=up(host["input_ids"]), attention_mask=up(host["attention_mask"]), position_ids=up(position_ids),
+            rope_deltas=up(rope_deltas), video_positions=up(video_positions), visual_start=int(video_positions[0]),
+            first_new_position=int(host["input_ids"].shape[1]) + int(rope_deltas.reshape(-1)[0]),
+        )
+
+    def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip, text: Optional["QwenText"] = None) -> QwenPrefill:
+        """M-RoPE ids of the full sequence first (``text``, from :meth:`prepare_text`), then the
+        pruned video tokens dropped from the embeddings, positions and mask (``rope_deltas`` of the
+        full sequence kept)."""
         core = self.model.model
+        text = self.prepare_text(question, clip, visual) if text is None else text
         num_frames, per_frame, _ = visual.features.shape
-        grid_thw = torch.tensor([[num_frames, visual.grid[0] * self.merge_size, visual.grid[1] * self.merge_size]],
-                                dtype=torch.long, device=self.device)
-        text = self._text_inputs(question, grid_thw)
-        input_ids = text["input_ids"]
+        input_ids = text.input_ids
         embeds = core.get_input_embeddings()(input_ids)
         video_embeds = visual.features.reshape(num_frames * per_frame, -1).to(embeds.device, embeds.dtype)
         _, video_mask = core.get_placeholder_mask(input_ids, inputs_embeds=embeds, video_features=video_embeds)
         embeds = embeds.masked_scatter(video_mask, video_embeds)
-        position_ids, rope_deltas = core.get_rope_index(
-            input_ids,
-            mm_token_type_ids=text["mm_token_type_ids"],
-            video_grid_thw=grid_thw,
-            second_per_grid_ts=text["second_per_grid_ts"],
-            attention_mask=text["attention_mask"],
-        )
-        video_positions = (input_ids[0] == self.video_token_id).nonzero().squeeze(1)
+        position_ids, rope_deltas, video_positions = text.position_ids, text.rope_deltas, text.video_positions
         full_length = int(input_ids.shape[1])
-        attention_mask = text["attention_mask"]
+        attention_mask = text.attention_mask
         if kept.segments is not None:  # pruned: kept features in place, the rest dropped
             embeds[0, video_positions[kept.keep_index]] = kept.features.to(embeds.device, embeds.dtype)
             keep = torch.ones(full_length, dtype=torch.bool, device=self.device)
@@ -736,7 +781,7 @@ class Qwen25VLTango(TangoVideoLM):
             embeds, position_ids, attention_mask = embeds[:, keep], position_ids[:, :, keep], attention_mask[:, keep]
         return QwenPrefill(
             inputs_embeds=embeds,
-            visual_start=int(video_positions[0]),
+            visual_start=text.visual_start,
             visual_length=int(kept.keep_index.numel()),
             kept=kept,
             clip=clip,
@@ -747,7 +792,7 @@ class Qwen25VLTango(TangoVideoLM):
             rope_deltas=rope_deltas,
             video_positions=video_positions,
             visual=visual,
-            first_new_position=full_length + int(rope_deltas.reshape(-1)[0]),
+            first_new_position=text.first_new_position,
         )
 
     # -- language model ------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tango_core import TangoConfig, tango_prune
-from tango_core.models.base import VideoClip
+from tango_core.models.base import StageTimer, VideoClip
 from tango_core.models.video import write_video
 from tango_core.models.qwen2_5_vl import (
     Qwen25VLTango,
@@ -460,3 +460,30 @@ def test_vit_index_tables_are_made_once_per_grid(vanilla, monkeypatch):
     assert calls == []
     assert torch.equal(first, second) and torch.equal(first_saliency, second_saliency)
     assert len(batched._vision_table_cache) == 1
+
+
+@pytest.mark.parametrize("shape", [(4, 112, 140), (6, 90, 200), (2, 300, 56)])
+def test_host_grid_is_the_pixel_grid(vanilla, shape):
+    """The grid read from the clip's shape (so that nothing waits for the ViT) is the one the
+    pixel rows are cut into."""
+    clip = vanilla.load_clip(_frames(shape[0], height=shape[1], width=shape[2]))
+    rows, grid_thw = vanilla.pixel_values(clip)
+    assert tuple(grid_thw[0].tolist()) == vanilla.video_grid(clip)
+    assert rows.shape[0] == int(grid_thw.prod())
+
+
+def test_text_side_prepared_on_the_host_is_transformers_own(vanilla):
+    """prepare_text's ids and M-RoPE ids (made on the host before the ViT's output is read) are what
+    transformers' processor path gives for the same prompt and grid."""
+    frames = _frames(4)
+    inputs = vanilla.prepare_inputs(frames, "What happens?")
+    visual = vanilla.encode(vanilla.load_clip(frames), with_saliency=False, timer=StageTimer(vanilla.device))
+    text = vanilla.prepare_text("What happens?", vanilla.load_clip(frames), visual)
+    assert torch.equal(text.input_ids, inputs.input_ids)
+    expected, deltas = vanilla.model.model.get_rope_index(
+        inputs.input_ids, mm_token_type_ids=inputs.mm_token_type_ids, video_grid_thw=inputs.video_grid_thw,
+        second_per_grid_ts=inputs.second_per_grid_ts, attention_mask=inputs.attention_mask,
+    )
+    assert torch.equal(text.position_ids, expected) and torch.equal(text.rope_deltas, deltas)
+    assert text.visual_start == int((inputs.input_ids[0] == vanilla.video_token_id).nonzero()[0])
+    assert text.first_new_position == int(expected.max()) + 1
