@@ -1,6 +1,7 @@
 """Preparing the next samples while the current one is answered.
 
-Building VLMEvalKit's prompt (LongVideoBench's decodes frames itself) and decoding a video take
+Building VLMEvalKit's prompt and decoding a video (LongVideoBench's prompt no longer decodes
+frames for video models: ``vlmeval_env.skip_unused_frame_decoding``) take
 as long as the GPU's work on a pruned sample, and need no GPU: worker threads do them ahead, in
 order, a few samples deep. Failures are kept with their sample and raised when it is answered.
 """

@@ -35,7 +35,7 @@ from .benchmarks import Benchmark
 from .distributed import Processes
 from .prefetch import Prepared, PreparedSample, Prefetcher
 from .records import FAILED_ANSWER, RecordStore, SampleRecord
-from .vlmeval_env import captured_output, import_vlmeval, no_hub_login
+from .vlmeval_env import captured_output, import_vlmeval, no_hub_login, skip_unused_frame_decoding
 
 LOG = logging.getLogger("tango_eval")
 
@@ -102,7 +102,9 @@ def build_dataset(entry: Mapping[str, Any]):
     accepted = inspect.signature(cls.__init__).parameters
     arguments = {k: v for k, v in config.items() if k in accepted}
     with no_hub_login(), captured_output(f"{name} preparation"):
-        return cls(**arguments)
+        dataset = cls(**arguments)
+    skip_unused_frame_decoding(dataset)
+    return dataset
 
 
 def _settings_file(store: RecordStore) -> Path:

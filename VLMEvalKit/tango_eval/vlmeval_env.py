@@ -144,3 +144,27 @@ def no_hub_login() -> Iterator[None]:
         yield
     finally:
         huggingface_hub.login = original
+
+
+def skip_unused_frame_decoding(dataset) -> None:
+    """Stop ``dataset.build_prompt(row, video_llm=True)`` from decoding frames it throws away.
+
+    VLMEvalKit's LongVideoBench builds every prompt through ``save_video_frames``, which opens the
+    video with decord and decodes the sampled frames (with ``fps`` set: every sampled frame of the
+    whole video) even for a video model, whose prompt holds only the video's path; it saves them
+    only for image models, so each call decodes them again. For ``video_llm=True`` the instance's
+    ``save_video_frames`` here returns no frames instead (the prompt uses nothing else of it); image
+    prompts (``video_llm=False``) and other datasets are left as they are. The message is
+    VLMEvalKit's own either way (tested).
+    """
+    original = getattr(dataset, "save_video_frames", None)
+    if original is None or type(dataset).__name__ != "LongVideoBench" or getattr(original, "_tango_skips", False):
+        return
+
+    def save_video_frames(video_path, video_llm=False):
+        if video_llm:
+            return [], [], {"fps": float("nan"), "n_frames": 0}
+        return original(video_path, video_llm)
+
+    save_video_frames._tango_skips = True
+    dataset.save_video_frames = save_video_frames
