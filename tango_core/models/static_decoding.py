@@ -279,7 +279,7 @@ class StaticDecoding:
             last = torch.full((1,), length - 1, dtype=torch.long, device=embeds.device)
             return body(self.model, embeds, positions, slots, last, cache)
         padded = -(-length // self.prompt_quantum) * self.prompt_quantum
-        entry = self._prompt_entry(cache, embeds, positions, padded, getattr(body, "__func__", body))
+        entry = self._prompt_entry(cache, embeds, positions, padded, body)
         entry.embeds[:, :length].copy_(embeds)
         entry.embeds[:, length:].zero_()
         entry.positions[..., :length].copy_(positions)
@@ -310,6 +310,8 @@ class StaticDecoding:
         return logits
 
     def _prompt_entry(self, cache, embeds: torch.Tensor, positions: torch.Tensor, padded: int, body: Callable) -> _PromptEntry:
+        # A bound body is keyed with its object (bound methods compare by function and object):
+        # two runners' halves never share a graph.
         key = (id(cache), padded, body)
         entry = self.prompts.get(key)
         if entry is None:

@@ -255,3 +255,25 @@ def test_graph_scheduling_captures_a_prompt_length_on_its_second_sight(checkpoin
         (entry,) = model._static.prompts.values()
         captured.append((entry.graph is not None, _FakeGraph.captures))
     assert captured == [(False, 1), (True, 2), (True, 2)]  # call 1: the step's graph; call 2: the prompt's
+
+
+def test_prefill_graphs_are_kept_per_body_and_object() -> None:
+    """Two bodies, or one method of two objects (two intra-LLM runners of other K), on one cache and
+    padded length get entries of their own: a graph is never replayed for another body."""
+    from tango_core.models.static_decoding import StaticDecoding
+
+    class Runner:
+        def __init__(self, scale: float) -> None:
+            self.scale = scale
+
+        def body(self, model, embeds, positions, slots, last, cache):
+            return embeds.sum() * self.scale
+
+    static = StaticDecoding(None, None, "cpu", capture=False, pad_prompts=True, prompt_quantum=8)
+    cache = type("Cache", (), {"layers": []})()
+    embeds = torch.ones(1, 5, 2)
+    first, second = Runner(1.0), Runner(2.0)
+    assert float(static.prefill(first.body, cache, embeds, torch.arange(5)[None])) == 10.0
+    assert float(static.prefill(second.body, cache, embeds, torch.arange(5)[None])) == 20.0
+    assert float(static.prefill(first.body, cache, embeds, torch.arange(5)[None])) == 10.0
+    assert len(static.prompts) == 2
