@@ -345,7 +345,8 @@ class QwenVideoInputs:
 class QwenText:
     """The prompt side of one call, made before the ViT's output is needed: ids (1, S), mask
     (1, S), M-RoPE ids (3, 1, S) and deltas (1, 1) of the full sequence, the video tokens'
-    positions (Nv,) on the device; the video's start and the first new token's M-RoPE id on the host."""
+    positions (Nv,; one contiguous run) on the device; on the host the video's start, Nv and the
+    first new token's M-RoPE id."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -353,6 +354,7 @@ class QwenText:
     rope_deltas: torch.Tensor
     video_positions: torch.Tensor
     visual_start: int
+    num_video_tokens: int
     first_new_position: int
 
 
@@ -747,7 +749,7 @@ class Qwen25VLTango(TangoVideoLM):
             second_per_grid_ts=host["second_per_grid_ts"],
             attention_mask=host["attention_mask"],
         )
-        video_positions = (host["input_ids"][0] == self.video_token_id).nonzero().squeeze(1)
+        video_positions = (host["input_ids"][0] == self.video_token_id).nonzero().squeeze(1)  # one contiguous run
 
         def up(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.to(self.device, non_blocking=True)
@@ -755,30 +757,37 @@ class Qwen25VLTango(TangoVideoLM):
         return QwenText(
             input_ids=up(host["input_ids"]), attention_mask=up(host["attention_mask"]), position_ids=up(position_ids),
             rope_deltas=up(rope_deltas), video_positions=up(video_positions), visual_start=int(video_positions[0]),
+            num_video_tokens=int(video_positions.numel()),
             first_new_position=int(host["input_ids"].shape[1]) + int(rope_deltas.reshape(-1)[0]),
         )
 
     def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip, text: Optional["QwenText"] = None) -> QwenPrefill:
         """M-RoPE ids of the full sequence first (``text``, from :meth:`prepare_text`), then the
         pruned video tokens dropped from the embeddings, positions and mask (``rope_deltas`` of the
-        full sequence kept)."""
-        core = self.model.model
+        full sequence kept). The video's tokens are one run in the prompt, so the embeddings are the
+        text's around the (kept) features, and nothing here reads a value back from the device."""
         text = self.prepare_text(question, clip, visual) if text is None else text
         num_frames, per_frame, _ = visual.features.shape
+        start, count = text.visual_start, num_frames * per_frame
+        if count != text.num_video_tokens:
+            raise ValueError(f"The prompt holds {text.num_video_tokens} video tokens but the ViT gave {count} features; "
+                             "prepare_text must be given this call's visual tokens.")
+        embed = self.model.model.get_input_embeddings()
         input_ids = text.input_ids
-        embeds = core.get_input_embeddings()(input_ids)
-        video_embeds = visual.features.reshape(num_frames * per_frame, -1).to(embeds.device, embeds.dtype)
-        _, video_mask = core.get_placeholder_mask(input_ids, inputs_embeds=embeds, video_features=video_embeds)
-        embeds = embeds.masked_scatter(video_mask, video_embeds)
-        position_ids, rope_deltas, video_positions = text.position_ids, text.rope_deltas, text.video_positions
         full_length = int(input_ids.shape[1])
+        before, after = embed(input_ids[:, :start]), embed(input_ids[:, start + count:])
+        position_ids, rope_deltas, video_positions = text.position_ids, text.rope_deltas, text.video_positions
         attention_mask = text.attention_mask
-        if kept.segments is not None:  # pruned: kept features in place, the rest dropped
-            embeds[0, video_positions[kept.keep_index]] = kept.features.to(embeds.device, embeds.dtype)
-            keep = torch.ones(full_length, dtype=torch.bool, device=self.device)
-            keep[video_positions] = False
-            keep[video_positions[kept.keep_index]] = True
-            embeds, position_ids, attention_mask = embeds[:, keep], position_ids[:, :, keep], attention_mask[:, keep]
+        if kept.segments is None:  # every video token, in place of its placeholder
+            middle = visual.features.reshape(count, -1)
+        else:  # pruned: the kept (merged) features at their tokens' places, the rest dropped
+            index, order = kept.keep_index.sort()
+            middle = kept.features[order]
+            device = input_ids.device
+            take = torch.cat([torch.arange(start, device=device), index.to(device) + start,
+                              torch.arange(start + count, full_length, device=device)])
+            position_ids, attention_mask = position_ids.index_select(2, take), attention_mask.index_select(1, take)
+        embeds = torch.cat([before, middle.to(before.device, before.dtype)[None], after], dim=1)
         return QwenPrefill(
             inputs_embeds=embeds,
             visual_start=text.visual_start,

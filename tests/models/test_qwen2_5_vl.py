@@ -487,3 +487,14 @@ def test_text_side_prepared_on_the_host_is_transformers_own(vanilla):
     assert torch.equal(text.position_ids, expected) and torch.equal(text.rope_deltas, deltas)
     assert text.visual_start == int((inputs.input_ids[0] == vanilla.video_token_id).nonzero()[0])
     assert text.first_new_position == int(expected.max()) + 1
+
+
+def test_splice_refuses_a_prompt_of_another_video(vanilla):
+    timer = StageTimer(vanilla.device)
+    small = vanilla.load_clip(_frames(4))
+    large = vanilla.load_clip(_frames(8))
+    visual = vanilla.encode(large, with_saliency=False, timer=timer)
+    text = vanilla.prepare_text("What happens?", small, vanilla.encode(small, with_saliency=False, timer=timer))
+    kept = vanilla.prune(visual)
+    with pytest.raises(ValueError, match="video tokens but the ViT gave"):
+        vanilla.splice("What happens?", visual, kept, large, text)
