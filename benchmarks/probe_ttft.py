@@ -220,17 +220,17 @@ def probe_llm_llava(tmp: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="gemm,llm,siglip,qwen_vit")
+def run_parts(description: str, probes: dict, default: str) -> None:
+    """Parse ``--parts`` and ``--json``, run each named probe (a function of a scratch folder), keep
+    going past a failed one (recorded as ``<part>_failed``), write the results after each."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--parts", default=default)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    parts = args.parts.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for part in parts:
+        for part in args.parts.split(","):
             try:
-                {"gemm": probe_gemm, "siglip": lambda: probe_siglip(Path(tmp)), "qwen_vit": lambda: probe_qwen_vit(Path(tmp)),
-                 "llm": lambda: probe_llm_llava(Path(tmp))}[part]()
+                probes[part](Path(tmp))
             except Exception as error:  # noqa: BLE001 - one failed probe must not lose the others
                 import traceback
 
@@ -238,6 +238,11 @@ def main() -> None:
                 record(f"{part}_failed", repr(error)[:500])
             if args.json:
                 args.json.write_text(json.dumps(RESULTS, indent=1))
+
+
+def main() -> None:
+    probes = {"gemm": lambda tmp: probe_gemm(), "siglip": probe_siglip, "qwen_vit": probe_qwen_vit, "llm": probe_llm_llava}
+    run_parts(__doc__.splitlines()[0], probes, "gemm,llm,siglip,qwen_vit")
 
 
 if __name__ == "__main__":

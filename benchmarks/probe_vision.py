@@ -16,10 +16,7 @@ Usage (GPU): python benchmarks/probe_vision.py [--json out.json] [--parts gemm,u
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe_ttft import RESULTS, record, timed  # noqa: E402
+from probe_ttft import record, run_parts, timed  # noqa: E402
 from smoke_7b import QUESTION, build, moving_objects_video  # noqa: E402
 
 from tango_core.models.llava import LlavaTango  # noqa: E402
@@ -173,22 +170,8 @@ def probe_upload() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="gemm,upload,siglip")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        for part in args.parts.split(","):
-            try:
-                {"gemm": probe_gemm, "upload": probe_upload, "siglip": lambda: probe_siglip(Path(tmp)),
-                 "prefill": lambda: probe_prefill(Path(tmp))}[part]()
-            except Exception as error:  # noqa: BLE001 - one failed probe must not lose the others
-                import traceback
-
-                traceback.print_exc()
-                record(f"{part}_failed", repr(error)[:500])
-            if args.json:
-                args.json.write_text(json.dumps(RESULTS, indent=1))
+    probes = {"gemm": lambda tmp: probe_gemm(), "upload": lambda tmp: probe_upload(), "siglip": probe_siglip, "prefill": probe_prefill}
+    run_parts(__doc__.splitlines()[0], probes, "gemm,upload,siglip")
 
 
 if __name__ == "__main__":

@@ -345,8 +345,8 @@ class QwenVideoInputs:
 class QwenText:
     """The prompt side of one call, made before the ViT's output is needed: ids (1, S), mask
     (1, S), M-RoPE ids (3, 1, S) and deltas (1, 1) of the full sequence, the video tokens'
-    positions (Nv,; one contiguous run) on the device; on the host the video's start, Nv and the
-    first new token's M-RoPE id."""
+    positions (Nv,; one contiguous run) on the device; on the host the video's start and the first
+    new token's M-RoPE id."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -354,7 +354,6 @@ class QwenText:
     rope_deltas: torch.Tensor
     video_positions: torch.Tensor
     visual_start: int
-    num_video_tokens: int
     first_new_position: int
 
 
@@ -757,7 +756,6 @@ class Qwen25VLTango(TangoVideoLM):
         return QwenText(
             input_ids=up(host["input_ids"]), attention_mask=up(host["attention_mask"]), position_ids=up(position_ids),
             rope_deltas=up(rope_deltas), video_positions=up(video_positions), visual_start=int(video_positions[0]),
-            num_video_tokens=int(video_positions.numel()),
             first_new_position=int(host["input_ids"].shape[1]) + int(rope_deltas.reshape(-1)[0]),
         )
 
@@ -769,8 +767,8 @@ class Qwen25VLTango(TangoVideoLM):
         text = self.prepare_text(question, clip, visual) if text is None else text
         num_frames, per_frame, _ = visual.features.shape
         start, count = text.visual_start, num_frames * per_frame
-        if count != text.num_video_tokens:
-            raise ValueError(f"The prompt holds {text.num_video_tokens} video tokens but the ViT gave {count} features; "
+        if count != text.video_positions.numel():
+            raise ValueError(f"The prompt holds {text.video_positions.numel()} video tokens but the ViT gave {count} features; "
                              "prepare_text must be given this call's visual tokens.")
         embed = self.model.model.get_input_embeddings()
         input_ids = text.input_ids

@@ -71,6 +71,17 @@ class IntraLLMCache:
         return self.key_values.get_seq_length(0) - self.full_length
 
 
+def _checked_span(visual_start: int, visual_end: int, seq_len: int) -> Tuple[int, int]:
+    """The visual span ``[start, end)`` as ints, checked to end before the prompt's last token."""
+    visual_start, visual_end = int(visual_start), int(visual_end)
+    if not 0 <= visual_start <= visual_end <= seq_len - 1:
+        raise ValueError(
+            f"visual span [{visual_start}, {visual_end}) must satisfy 0 <= start <= end <= S - 1 = {seq_len - 1} "
+            "(the last prompt token must be text)."
+        )
+    return visual_start, visual_end
+
+
 class IntraLLMQwen2Runner:
     """Prefill and decoding steps of a ``Qwen2Model`` with FastV-style pruning at layer K (decode
     greedily with :func:`tango_core.models.base.greedy_decode`).
@@ -205,6 +216,15 @@ class IntraLLMQwen2Runner:
         hidden = self._run_layers(hidden, range(k_layer, self.num_layers), causal, rope, key_values)
         return model.lm_head(self.model.norm(hidden.index_select(1, last))[:, 0])
 
+    def _choose_kept(self, hidden: Tensor, last_row: Tensor, visual_start: int, visual_end: int) -> Tuple[Tensor, Tensor]:
+        """Layer K-1's output rows (S, D) and last attention row (S,) -> (keep positions (S',)
+        int64, the kept tokens' merged hidden states (1, S', D) in the rows' dtype)."""
+        result = merge_and_prune_visual(
+            hidden, last_row[visual_start:visual_end], visual_start, self.keep_ratio, self.merge_weight
+        )
+        keep = result.keep_positions.to(device=hidden.device, dtype=torch.long)
+        return keep, result.hidden.to(hidden.dtype)[None]
+
     # ------------------------------------------------------------------ public API
 
     @torch.no_grad()
@@ -229,12 +249,7 @@ class IntraLLMQwen2Runner:
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[0] != 1:
             raise ValueError(f"inputs_embeds must be (1, S, D), got shape {tuple(inputs_embeds.shape)}.")
         seq_len = inputs_embeds.shape[1]
-        visual_start, visual_end = int(visual_start), int(visual_end)
-        if not 0 <= visual_start <= visual_end <= seq_len - 1:
-            raise ValueError(
-                f"visual span [{visual_start}, {visual_end}) must satisfy 0 <= start <= end <= S - 1 = {seq_len - 1} "
-                "(the last prompt token must be text)."
-            )
+        visual_start, visual_end = _checked_span(visual_start, visual_end, seq_len)
         device = inputs_embeds.device
         if position_ids is None:
             position_ids = torch.arange(seq_len, device=device)[None]
@@ -259,11 +274,7 @@ class IntraLLMQwen2Runner:
         else:  # layers 0 .. K-1, and layer K-1's last attention row (a static layer's empty slots left out)
             hidden, last_row = self.low_layers(None, inputs_embeds, position_ids, None, None, cache)
 
-        result = merge_and_prune_visual(
-            hidden[0], last_row[visual_start:visual_end], visual_start, self.keep_ratio, self.merge_weight
-        )
-        keep = result.keep_positions.to(device=device, dtype=torch.long)
-        hidden = result.hidden.to(hidden.dtype)[None]
+        keep, hidden = self._choose_kept(hidden[0], last_row, visual_start, visual_end)
         kept_ids = position_ids[:, keep]
         kept_rope = (cos[:, keep], sin[:, keep])
         causal = self._causal_mask(hidden, cache, kept_ids, layer_idx=k_layer)
@@ -300,23 +311,12 @@ class IntraLLMQwen2Runner:
         if self.reference_bidirectional_bug:
             raise ValueError("reference_bidirectional_bug needs a growing cache: use prefill(key_values=None).")
         seq_len = inputs_embeds.shape[1]
-        visual_start, visual_end = int(visual_start), int(visual_end)
-        if not 0 <= visual_start <= visual_end <= seq_len - 1:
-            raise ValueError(
-                f"visual span [{visual_start}, {visual_end}) must satisfy 0 <= start <= end <= S - 1 = {seq_len - 1} "
-                "(the last prompt token must be text)."
-            )
+        visual_start, visual_end = _checked_span(visual_start, visual_end, seq_len)
         k_layer = self.prune_layer
         position_ids = torch.arange(seq_len, device=inputs_embeds.device)[None]
         hidden, last_row = decoding.prefill(self.low_layers, key_values, inputs_embeds, position_ids, layers=range(k_layer))
-        result = merge_and_prune_visual(
-            hidden[0, :seq_len], last_row[visual_start:visual_end], visual_start, self.keep_ratio, self.merge_weight
-        )
-        keep = result.keep_positions.to(device=inputs_embeds.device, dtype=torch.long)
-        kept_ids = position_ids[:, keep]
-        logits = decoding.prefill(
-            self.high_layers, key_values, result.hidden.to(hidden.dtype)[None], kept_ids, layers=range(k_layer, self.num_layers)
-        )
+        keep, kept = self._choose_kept(hidden[0, :seq_len], last_row, visual_start, visual_end)
+        logits = decoding.prefill(self.high_layers, key_values, kept, position_ids[:, keep], layers=range(k_layer, self.num_layers))
         state = IntraLLMCache(
             key_values=key_values,
             prune_layer=k_layer,
