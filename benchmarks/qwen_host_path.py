@@ -4,7 +4,7 @@ Usage (GPU): python benchmarks/qwen_host_path.py [--calls 5] [--json out.json]
 
 Builds Qwen2.5-VL-7B with random weights, runs ``prepare`` at r = 0.1 on the generated 32-frame clip
 (after two warm-up calls), and reports per call the wall-clock milliseconds of the host steps
-(the adapter's ``encode`` / ``prune`` / ``splice`` and, inside them, transformers' ``get_rope_index``
+(the adapter's ``encode`` / ``prepare_text`` / ``prune`` / ``splice`` and, inside them, transformers' ``get_rope_index``
 and ``get_placeholder_mask`` and the prompt's tokenising), each step ended by a synchronisation so
 that its GPU work is inside it; then one more call with PyTorch's sync debug mode on, which lists
 every place the host waited for the GPU (file and line of the adapter or library code).
@@ -73,7 +73,7 @@ def main() -> None:
         torch.cuda.synchronize()
         unsynced_ms = (time.perf_counter() - start) * 1e3 / args.calls
         core = model.model
-        for owner, name in ((runner, "encode"), (runner, "prune"), (runner, "splice")):
+        for owner, name in ((runner, "encode"), (runner, "prepare_text"), (runner, "prune"), (runner, "splice")):
             timed(owner, name, name, sync=True)
         for owner, name in ((core, "get_rope_index"), (core, "get_placeholder_mask"), (runner, "_text_inputs"),
                             (runner, "vision_tables")):

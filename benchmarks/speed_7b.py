@@ -1,7 +1,7 @@
 """Time to first token and decoding speed of the three families at full size, vanilla vs Tango.
 
 Usage (GPU): python benchmarks/speed_7b.py [--families ...] [--repeats 3] [--new-tokens 32]
-    [--decoding compiled] [--tokenizer word] [--json out.json]
+    [--decoding compiled] [--tokenizer word] [--ablate] [--json out.json]
 
 Each family is built at 7B size with random weights (they time like real ones), and answers one
 generated 360x640 clip (frames given as an array: no video decoding) with the default execution:
@@ -150,6 +150,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", choices=("word", "tiny"), default="word",
                         help="LLaVA's prompt tokenizer: word (Qwen2's token counts, default) or tiny (the test one, "
                              "about twice the text tokens; the earlier tables)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also r = 0.1 without compiled prefills and steps (-compile) and, for LLaVA, with the frames "
+                             "uploaded at once (-pieces)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -159,16 +162,22 @@ def main() -> None:
         for family in args.families.split(","):
             model, tokenizer, head, dtype = build(family, Path(tmp), tokenizer=args.tokenizer)
             video = moving_objects_video(64 if family == "llava_video" else 32)
-            settings = [("vanilla", None, None)] + [("tango", r, paper_config(family, r)) for r in RATIOS]
-            for label, ratio, tango in settings:
+            settings = [("vanilla", None, None, {})] + [("tango", r, paper_config(family, r), {}) for r in RATIOS]
+            if args.ablate:  # r = 0.1 with one speed-up taken away at a time
+                first = paper_config(family, RATIOS[0])
+                settings.append(("-compile", RATIOS[0], first, {"decoding": "graphs"}))
+                if family != "qwen2_5_vl":
+                    settings.append(("-pieces", RATIOS[0], first, {"upload_chunk_frames": None}))
+            for label, ratio, tango, options in settings:
                 started = time.perf_counter()
-                runner = adapter(family, model, tokenizer, head, tango, decoding=args.decoding)
+                runner = adapter(family, model, tokenizer, head, tango, **{"decoding": args.decoding, **options})
                 result = measure(runner, video, args.repeats, args.new_tokens)
                 with torch.inference_mode():
                     result["prompt_tokens"] = int(runner.prepare(video, QUESTION).inputs_embeds.shape[1])
                 result.update(family=family, setting=label, ratio=ratio, dtype=str(dtype).replace("torch.", ""),
                               tokenizer=args.tokenizer if family != "qwen2_5_vl" else "tiny (its checkpoint's)",
-                              pre_llm_ratio=None if tango is None else tango.retention_ratio, decoding=args.decoding,
+                              pre_llm_ratio=None if tango is None else tango.retention_ratio,
+                              decoding=options.get("decoding", args.decoding), options={k: str(v) for k, v in options.items()},
                               seconds_with_warmup=time.perf_counter() - started)
                 rows.append(result)
                 print(f"done {family} {label} {ratio}: ttft {result['ttft_ms']:.1f} ms, {result['decode_tokens_per_s']:.1f} tok/s "

@@ -81,6 +81,9 @@ class LlavaTango(TangoVideoLM):
         first product's epilogue (the same function, rounded once instead of twice); ``"graphs"``
         also replays the tower as one CUDA graph per input shape; ``"auto"`` (default): graphs on
         CUDA, transformers elsewhere.
+    upload_chunk_frames: on CUDA with the graphed tower and on-device resizing, frames go up in
+        pieces of this many, the tower running on each piece while the next uploads (None: all at
+        once).
     decoding: ``"graphs"``, ``"compiled"``, ``"static"``, ``"dynamic"`` or ``"auto"`` (see
         :meth:`~tango_core.models.base.TangoVideoLM._static_decoding`); the intra-LLM stage's
         prefill is two graphed prefills (the layers below K, then those from K on, with the choice
@@ -104,8 +107,11 @@ class LlavaTango(TangoVideoLM):
         preprocessing: str = "auto",
         vision_blocks: str = "auto",
         decoding: str = "auto",
+        upload_chunk_frames: Optional[int] = 8,
     ) -> None:
         check_option("preprocessing", preprocessing, PREPROCESSING)
+        if upload_chunk_frames is not None and int(upload_chunk_frames) < 1:
+            raise ValueError(f"upload_chunk_frames must be >= 1 (or None for one upload), got {upload_chunk_frames}.")
         check_option("vision_blocks", vision_blocks, VISION_BLOCKS)
         check_option("decoding", decoding, DECODING)
         if family not in LLAVA_FAMILIES:
@@ -129,6 +135,8 @@ class LlavaTango(TangoVideoLM):
         self.preprocessing = preprocessing
         self.vision_blocks = vision_blocks
         self._tower: Optional[SiglipTower] = None
+        self.upload_chunk_frames = None if upload_chunk_frames is None else int(upload_chunk_frames)
+        self._upload_stream: Optional[torch.cuda.Stream] = None
         self.decoding = decoding
         self.num_layers = int(config.text_config.num_hidden_layers)
         self.intra_llm = intra_llm
@@ -219,13 +227,22 @@ class LlavaTango(TangoVideoLM):
         """``num_frames`` frames at ``linspace(0, total - 1, n)`` cast to int (the reference's sampling)."""
         return to_clip(video, num_frames=self.num_frames)
 
+    @property
+    def _resizes_on_device(self) -> bool:
+        return self.preprocessing == "torch" or (self.preprocessing == "auto" and self.device.type == "cuda")
+
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, S, S) pixels: bicubic squash-resize, /255, (x - mean) / std."""
         size = int(self.model.config.vision_config.image_size)
-        on_device = self.preprocessing == "torch" or (self.preprocessing == "auto" and self.device.type == "cuda")
-        if frames.shape[1:3] != (size, size) and not on_device:
+        if frames.shape[1:3] != (size, size) and not self._resizes_on_device:
             frames = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
-        pixels = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2).float()
+        return self.normalise(torch.from_numpy(np.ascontiguousarray(frames)).to(self.device))
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, H, W, 3) uint8 on the model's device -> (T, 3, S, S) pixels (resized on the device
+        if they are not S x S yet)."""
+        size = int(self.model.config.vision_config.image_size)
+        pixels = frames.permute(0, 3, 1, 2).float()
         if pixels.shape[-2:] != (size, size):  # on the device: one antialiased resize of every frame
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
             pixels = pixels.clamp_(0.0, 255.0).round_()
@@ -276,12 +293,53 @@ class LlavaTango(TangoVideoLM):
         maps = saliency.view(n, 1, self.patch_grid, self.patch_grid)
         return self._pool(maps).reshape(n, -1)
 
+    def _streams_frames(self, frames: np.ndarray) -> bool:
+        """Whether :meth:`encode` uploads the frames in pieces, each piece's tower overlapping the
+        next piece's upload (CUDA, resized on the device, the graphed tower, more than one piece)."""
+        mode = self.vision_blocks if self.vision_blocks != "auto" else ("graphs" if self.device.type == "cuda" else "transformers")
+        chunk = self.upload_chunk_frames
+        return (self.device.type == "cuda" and mode == "graphs" and self._resizes_on_device
+                and chunk is not None and 0 < chunk < len(frames))
+
+    def streamed_hidden_states(self, frames: np.ndarray, timer: StageTimer) -> torch.Tensor:
+        """:meth:`preprocess` then :meth:`vision_hidden_states` of (T, H, W, 3) uint8 frames, in
+        pieces of ``upload_chunk_frames``: each piece goes up on a side stream while the tower runs
+        on the pieces before it (an upload from pageable memory holds the host for its whole
+        length, so one upload of every frame would leave the GPU idle). SigLIP sees each frame
+        alone, so the output is the whole batch's up to the rounding of products of another size.
+        Timed: "preprocess" up to the first piece's pixels, "vit" the rest."""
+        device = self.device
+        compute = torch.cuda.current_stream(device)
+        if self._upload_stream is None:
+            self._upload_stream = torch.cuda.Stream(device)
+        chunk = int(self.upload_chunk_frames)
+
+        def pixels_of(first: int) -> torch.Tensor:
+            with torch.cuda.stream(self._upload_stream):
+                raw = torch.from_numpy(np.ascontiguousarray(frames[first:first + chunk])).to(device, non_blocking=True)
+            compute.wait_stream(self._upload_stream)
+            raw.record_stream(compute)  # allocated on the upload stream, read on this one
+            return self.normalise(raw)
+
+        with timer("preprocess"):
+            pixels = pixels_of(0)
+        with timer("vit"):
+            pieces = [self.vision_hidden_states(pixels)]
+            for first in range(chunk, len(frames), chunk):  # queued behind the tower of the pieces before
+                pieces.append(self.vision_hidden_states(pixels_of(first)))
+            hidden = torch.cat(pieces)
+        return hidden
+
     def encode(self, clip: VideoClip, with_saliency: bool, timer: StageTimer) -> VisualTokens:
         """SigLIP's second-to-last layer, the projector, per-frame pooling; saliency from SigLIP's head."""
-        with timer("preprocess"):
-            pixels = self.preprocess(clip.frames)
+        if self._streams_frames(clip.frames):
+            hidden = self.streamed_hidden_states(clip.frames, timer)
+        else:
+            with timer("preprocess"):
+                pixels = self.preprocess(clip.frames)
+            with timer("vit"):
+                hidden = self.vision_hidden_states(pixels)  # (N, P, Dv)
         with timer("vit"):
-            hidden = self.vision_hidden_states(pixels)  # (N, P, Dv)
             head_out = None
             if with_saliency:
                 head_out = self._get_saliency_head()(hidden, with_pooled=self.tango.segmenter == "fastvid")

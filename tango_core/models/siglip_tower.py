@@ -2,7 +2,7 @@
 
 The tower over a video (32 or 64 frames of 729 patches) is compute-bound: on an H200 its products
 are 62% of its kernel time, cuDNN's attention 18%, and the rest is layer norms, the tanh-GELU and
-the residual additions (``benchmarks/probe_vision.py``). Two of those costs go:
+the residual additions (``benchmarks/probe_vision.py``). Three of those costs go:
 
 * **GELU in the product's epilogue** (``mode="fused"``): ``fc1`` and its tanh-GELU are one
   cuBLASLt call (``torch._addmm_activation``, which PyTorch's own fused ops use), so the
@@ -10,6 +10,9 @@ the residual additions (``benchmarks/probe_vision.py``). Two of those costs go:
   epilogue applies the GELU to the float32 accumulator before rounding (eager rounds first), so
   the outputs differ by a rounding. (The op's CPU kernel applies the exact GELU, not the tanh
   form, so on the CPU the product and the tanh-GELU run apart: identical to transformers'.)
+* **Residual additions and the layer norms after them in one pass** (``mode="fused"``, on CUDA
+  with Triton): each of a layer's two residual additions and the layer norm of its sum (the MLP's,
+  or the next layer's attention's) read their inputs once (:mod:`tango_core.kernels.layer_norm`).
 * **One CUDA graph per input shape** (``mode="graphs"``, fused as well): the embeddings and every
   layer replayed at once, with no launch gaps; captured on the second call of a shape (a shape met
   once runs eagerly), at most ``max_graphs`` shapes kept.
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import HAVE_TRITON
 from .static_decoding import capture
 
 LOG = logging.getLogger("tango_core")
@@ -59,12 +63,36 @@ def gelu_epilogue_mlp(mlp: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return mlp.fc2(inner).view(hidden.shape)
 
 
-def fused_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """One SigLIP encoder layer (pre-norm attention, then pre-norm MLP, both residual) on (N, P, D)."""
-    residual = hidden
-    attended, _ = layer.self_attn(hidden_states=layer.layer_norm1(hidden), attention_mask=None)
-    hidden = residual + attended
-    return hidden + gelu_epilogue_mlp(layer.mlp, layer.layer_norm2(hidden))
+def _fused_norm_kernel_runs(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and HAVE_TRITON
+
+
+def add_then_norm(hidden: torch.Tensor, delta: torch.Tensor, norm: nn.LayerNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(hidden + delta, norm(hidden + delta))`` on (..., D): one fused kernel on CUDA (Triton's;
+    the same sum, the norm's statistics summed in another order), the two ops elsewhere."""
+    if _fused_norm_kernel_runs(hidden) and norm.weight is not None and norm.bias is not None:
+        from ..kernels.layer_norm import add_layer_norm
+
+        return add_layer_norm(hidden, delta, norm.weight, norm.bias, norm.eps)
+    total = hidden + delta
+    return total, norm(total)
+
+
+def fused_layer(layer: nn.Module, hidden: torch.Tensor, normed: Optional[torch.Tensor] = None,
+                next_norm: Optional[nn.LayerNorm] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One SigLIP encoder layer (pre-norm attention, then pre-norm MLP, both residual) on (N, P, D).
+
+    normed: ``layer.layer_norm1(hidden)`` when the previous layer made it. next_norm: the next
+    layer's ``layer_norm1``, applied to this layer's output in the same pass as its last residual
+    addition. Returns (the output, ``next_norm`` of it or None).
+    """
+    normed = layer.layer_norm1(hidden) if normed is None else normed
+    attended, _ = layer.self_attn(hidden_states=normed, attention_mask=None)
+    hidden, normed = add_then_norm(hidden, attended, layer.layer_norm2)
+    mlp_out = gelu_epilogue_mlp(layer.mlp, normed)
+    if next_norm is None:
+        return hidden + mlp_out, None
+    return add_then_norm(hidden, mlp_out, next_norm)
 
 
 @dataclass
@@ -109,10 +137,17 @@ class SiglipTower:
         return runners[key]
 
     def eager(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The tower without a graph (fused layers where :attr:`fusable`)."""
+        """The tower without a graph (fused layers where :attr:`fusable`; a fused layer followed by
+        another normalises its output for it)."""
         hidden = self.tower.embeddings(pixels)
-        for layer, fuse in zip(self.layers, self.fusable):
-            hidden = fused_layer(layer, hidden) if fuse else layer(hidden, None)
+        normed = None
+        for index, (layer, fuse) in enumerate(zip(self.layers, self.fusable)):
+            if not fuse:
+                hidden, normed = layer(hidden, None), None
+                continue
+            fuse_next = index + 1 < len(self.layers) and self.fusable[index + 1]
+            next_norm = self.layers[index + 1].layer_norm1 if fuse_next else None
+            hidden, normed = fused_layer(layer, hidden, normed, next_norm)
         return hidden
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,10 @@ pruned prompt (a few hundred tokens) is launch-bound too. Here the cache is a tr
   the real tokens' outputs are those of the unpadded prompt (up to the rounding of products of
   another size); the cache's write position is then set back to the real length, so the first
   decoding step overwrites the first padding entry, and no later step attends to one it has not
-  overwritten.
+  overwritten. With ``compile_prefills`` the prefill body is ``torch.compile``-d before its capture
+  (a padded prompt of a few hundred tokens spends a third of its kernel time in the norms, rotary
+  products and casts between the products, which inductor fuses); dynamo compiles it for the
+  first padded length, once more with the length symbolic for the next, then never again.
 
 Caches and graphs are kept per length bucket and reused by later calls: a reused cache is rewound
 (its write position set back to 0), and entries past the current position are never attended to
@@ -128,7 +131,8 @@ class StaticDecoding:
     model: what the bodies get as their first argument. config: the language model's config (for
     ``StaticCache``). position_shape: shape of one step's position ids ((1, 1), or (3, 1, 1) for
     M-RoPE). capture: replay prefills and steps as CUDA graphs on CUDA. compile_steps:
-    ``torch.compile`` the decoding step before capturing it. pad_prompts: pad prompts to a multiple
+    ``torch.compile`` the decoding step before capturing it. compile_prefills: the same for the
+    prefill bodies (default: as ``compile_steps``). pad_prompts: pad prompts to a multiple
     of ``prompt_quantum`` (default: when capturing); prompts longer than ``max_padded_prompt`` run
     unpadded and eagerly (their prefill is compute-bound anyway). max_entries: cache buckets kept;
     max_prompt_graphs: prefill graphs kept (least recently used dropped first; the default holds
@@ -147,6 +151,7 @@ class StaticDecoding:
         position_shape=(1, 1),
         capture: bool = True,
         compile_steps: bool = False,
+        compile_prefills: Optional[bool] = None,
         pad_prompts: Optional[bool] = None,
         prompt_quantum: int = 64,
         max_padded_prompt: int = 2048,
@@ -160,6 +165,7 @@ class StaticDecoding:
         self.position_shape = tuple(position_shape)
         self.capture = bool(capture) and self.device.type == "cuda"
         self.compile_steps = bool(compile_steps)
+        self.compile_prefills = self.compile_steps if compile_prefills is None else bool(compile_prefills)
         self.pad_prompts = self.capture if pad_prompts is None else bool(pad_prompts)
         self.prompt_quantum = int(prompt_quantum)
         self.max_padded_prompt = int(max_padded_prompt)
@@ -290,7 +296,13 @@ class StaticDecoding:
             entry.graph.replay()
             return entry.logits
         entry.seen += 1
-        if not self.capture or entry.failed or entry.seen < self.prompt_capture_after:
+        if entry.seen < self.prompt_capture_after:
+            return self._padded_prefill(body, cache, entry, layers)
+        if self.compile_prefills:
+            body, logits = self._compiled_prefill_or_eager(body, cache, entry, layers)
+            if logits is not None and (not self.capture or entry.failed):
+                return logits
+        if not self.capture or entry.failed:
             return self._padded_prefill(body, cache, entry, layers)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -308,6 +320,22 @@ class StaticDecoding:
             entry.logits = None
             LOG.warning("prefill could not be captured as a CUDA graph (%s); running it eagerly", error)
         return logits
+
+    def _compiled_prefill_or_eager(
+        self, body: PrefillBody, cache, entry: _PromptEntry, layers: Optional[range]
+    ) -> Tuple[PrefillBody, Optional[torch.Tensor]]:
+        """(the compiled prefill body, the output of its run on ``entry``: a whole prefill, which a
+        capture that follows rewinds and writes again); (the eager body, None), with one log line
+        and no more compiling of prefills, if compiling fails."""
+        fast = compiled(body)
+        try:
+            return fast, self._padded_prefill(fast, cache, entry, layers)
+        except Exception as error:  # noqa: BLE001 - inductor's failures have no one base class
+            if not is_compile_error(error):
+                raise
+            self.compile_prefills = False
+            LOG.warning("compiling the prefill failed (%s: %s); prefilling uncompiled", type(error).__name__, error)
+            return body, None
 
     def _prompt_entry(self, cache, embeds: torch.Tensor, positions: torch.Tensor, padded: int, body: Callable) -> _PromptEntry:
         # A bound body is keyed with its object (bound methods compare by function and object):

@@ -6,6 +6,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +41,45 @@ def test_fused_layer_equals_transformers_layer_on_cpu():
     hidden = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(2))
     for layer in tower.encoder.layers:
         assert has_tanh_gelu_mlp(layer)
-        assert torch.equal(fused_layer(layer, hidden), layer(hidden, None))  # addmm + the same GELU on the CPU
+        assert torch.equal(fused_layer(layer, hidden)[0], layer(hidden, None))  # addmm + the same GELU on the CPU
+
+
+@torch.no_grad()
+def test_chained_norms_equal_transformers_layers_on_cpu():
+    """A layer handed its input's norm, and asked for the next layer's norm of its output: the
+    same output, and that norm equals the next layer's own layer_norm1 of it."""
+    tower = tiny_tower()
+    first, second = tower.encoder.layers[0], tower.encoder.layers[1]
+    hidden = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(3))
+    out, normed = fused_layer(first, hidden, first.layer_norm1(hidden), second.layer_norm1)
+    expected = first(hidden, None)
+    assert torch.equal(out, expected)
+    assert torch.equal(normed, second.layer_norm1(expected))
+    assert torch.equal(fused_layer(second, out, normed)[0], second(expected, None))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+@torch.no_grad()
+def test_tower_with_the_fused_norm_kernel(monkeypatch):
+    """The fused addition-and-norm kernel inside the tower (Triton's interpreter on the CPU):
+    within float32 rounding of transformers' tower; a kernel that skipped the residual would not be."""
+    from tango_core.models import siglip_tower
+
+    tower = tiny_tower()
+    batch = pixels()
+    expected = tower(batch, output_hidden_states=True).hidden_states[3]
+    calls = []
+    original = siglip_tower.add_then_norm
+
+    def counted(hidden, delta, norm):
+        calls.append(hidden.shape)
+        return original(hidden, delta, norm)
+
+    monkeypatch.setattr(siglip_tower, "_fused_norm_kernel_runs", lambda tensor: True)
+    monkeypatch.setattr(siglip_tower, "add_then_norm", counted)
+    got = SiglipTower(tower, 3, mode="fused")(batch)
+    assert len(calls) == 3 * 2 - 1  # two per layer, but the last layer's output is not normalised
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["fused", "graphs", "transformers"])
@@ -124,3 +164,33 @@ def test_gelu_epilogue_on_cuda_is_the_tanh_gelu():
     tanh_form = mlp.fc2(torch.nn.functional.gelu(inner, approximate="tanh"))
     exact_form = mlp.fc2(torch.nn.functional.gelu(inner))
     assert (fused - tanh_form).abs().max() < 1e-4 < (fused - exact_form).abs().max()
+
+
+@torch.no_grad()
+def test_upload_pieces_option():
+    model, tokenizer, _ = build_tiny_llava("llava_onevision")
+    with pytest.raises(ValueError, match="upload_chunk_frames must be >= 1"):
+        LlavaTango(model, tokenizer, family="llava_onevision", upload_chunk_frames=0)
+    frames = np.zeros((4, 40, 50, 3), dtype=np.uint8)
+    assert not LlavaTango(model, tokenizer, family="llava_onevision", upload_chunk_frames=2)._streams_frames(frames)  # CPU
+
+
+@cuda
+@torch.no_grad()
+def test_frames_uploaded_in_pieces_give_the_tower_of_all_frames():
+    """On CUDA the frames go up in pieces (the tower of each piece queued before the next upload):
+    the same hidden states as one upload and one tower call, up to float32 rounding; stages timed."""
+    from tango_core.models.base import StageTimer
+
+    model, tokenizer, _ = build_tiny_llava("llava_onevision")
+    model = model.cuda()
+    frames = np.random.default_rng(5).integers(0, 256, (5, 40, 50, 3), dtype=np.uint8)
+    whole = LlavaTango(model, tokenizer, family="llava_onevision", num_frames=5, upload_chunk_frames=None)
+    pieces = LlavaTango(model, tokenizer, family="llava_onevision", num_frames=5, upload_chunk_frames=2)
+    assert pieces._streams_frames(frames) and not whole._streams_frames(frames)
+    expected = whole.vision_hidden_states(whole.preprocess(frames))
+    for _ in range(3):  # eager, captured, replayed
+        timer = StageTimer("cuda")
+        got = pieces.streamed_hidden_states(frames, timer)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        assert set(timer.times_ms()) == {"preprocess", "vit"}

@@ -147,6 +147,32 @@ def test_compiled_steps_decode_like_the_growing_cache(checkpoints) -> None:
     torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "llava_video"])
+def test_compiled_prefills_decode_like_the_growing_cache(checkpoints, family) -> None:
+    """decoding="compiled" with padded prompts: the prefill bodies torch.compile-d too (on the CPU
+    here, where nothing is captured; LLaVA-Video's two intra-LLM halves each), the same answer."""
+    from tango_core.models import static_decoding
+
+    path, options = checkpoints[family]
+    model = load_tango_model(path, tango=TangoConfig(retention_ratio=0.3), dtype=torch.float32, device="cpu", **options)
+    model.stop_token_ids = []
+    model.decoding = "dynamic"
+    prefill = model.prepare(FRAMES, "What happens?")
+    expected_ids, expected_logits = model.decode(prefill, 4, keep_logits=True)
+    model.decoding = "compiled"
+    static = model._static_decoding()
+    static.pad_prompts, static.prompt_capture_after, static.prompt_quantum = True, 1, 16
+    static_decoding.clear_compiled()
+    ids, logits = model.decode(prefill, 4, keep_logits=True)
+    assert static.compile_prefills  # compiling worked
+    compiled_names = {function.__name__ for function in static_decoding._COMPILED}
+    expected_bodies = {"low_layers", "high_layers"} if family == "llava_video" else {"_static_prefill"}
+    assert expected_bodies <= compiled_names
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-4)
+    static_decoding.clear_compiled()
+
+
 def test_a_failing_compile_decodes_uncompiled(checkpoints, monkeypatch, caplog, request) -> None:
     import logging
 
@@ -167,11 +193,15 @@ def test_a_failing_compile_decodes_uncompiled(checkpoints, monkeypatch, caplog, 
     monkeypatch.setattr(torch, "compile", broken_compile)
     model, expected, _ = _pruning_onevision(checkpoints, 6)
     model.decoding = "compiled"
+    static = model._static_decoding()
+    static.pad_prompts, static.prompt_capture_after = True, 1  # the prefill compiled as well (CPU)
     with caplog.at_level(logging.WARNING, logger="tango_core"):
         got = model.decode(model.prepare(FRAMES, "What happens?"), 6)[0]
-    assert torch.equal(got, expected)
-    assert not model._static.compile_steps
+        again = model.decode(model.prepare(FRAMES, "What happens?"), 6)[0]
+    assert torch.equal(got, expected) and torch.equal(again, expected)
+    assert not static.compile_steps and not static.compile_prefills
     assert sum("compiling the decoding step failed" in r.message for r in caplog.records) == 1
+    assert sum("compiling the prefill failed" in r.message for r in caplog.records) == 1
 
 
 def test_compiled_bodies_keep_no_owner_alive() -> None:
