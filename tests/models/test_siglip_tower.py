@@ -61,12 +61,14 @@ def test_chained_norms_equal_transformers_layers_on_cpu():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 @torch.no_grad()
 def test_tower_with_the_fused_norm_kernel(monkeypatch):
-    """The fused addition-and-norm kernel inside the tower (Triton's interpreter on the CPU):
-    within float32 rounding of transformers' tower; a kernel that skipped the residual would not be."""
+    """The fused addition-and-norm kernel inside the tower (on the GPU where there is one, else in
+    Triton's interpreter on the CPU): within float32 rounding of transformers' tower; a kernel that
+    skipped the residual would not be."""
     from tango_core.models import siglip_tower
 
-    tower = tiny_tower()
-    batch = pixels()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tower = tiny_tower().to(device)
+    batch = pixels().to(device)
     expected = tower(batch, output_hidden_states=True).hidden_states[3]
     calls = []
     original = siglip_tower.add_then_norm
