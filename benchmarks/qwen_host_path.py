@@ -72,15 +72,24 @@ def main() -> None:
             runner.prepare(video, QUESTION)
         torch.cuda.synchronize()
         unsynced_ms = (time.perf_counter() - start) * 1e3 / args.calls
+        host_return, device_done = [], []
+        for _ in range(args.calls):  # how far the host runs ahead of the GPU: its work hidden or not
+            start = time.perf_counter()
+            runner.prepare(video, QUESTION)
+            host_return.append((time.perf_counter() - start) * 1e3)
+            torch.cuda.synchronize()
+            device_done.append((time.perf_counter() - start) * 1e3)
         core = model.model
         for owner, name in ((runner, "encode"), (runner, "prepare_text"), (runner, "prune"), (runner, "splice")):
             timed(owner, name, name, sync=True)
         for owner, name in ((core, "get_rope_index"), (core, "get_placeholder_mask"), (runner, "_text_inputs"),
-                            (runner, "vision_tables")):
+                            (runner, "vision_tables"), (runner, "video_rope_block")):
             timed(owner, name, f"  {name}", sync=True)
         for _ in range(args.calls):
             runner.prepare(video, QUESTION)
         result = {"prepare_ms_unsynced": round(unsynced_ms, 2),
+                  "prepare_host_return_ms": round(statistics.median(host_return), 2),
+                  "prepare_device_done_ms": round(statistics.median(device_done), 2),
                   "steps_ms": {label: round(statistics.median(values), 2) for label, values in SPANS.items()}}
         syncs = defaultdict(int)
         torch.cuda.set_sync_debug_mode("warn")

@@ -195,8 +195,8 @@ def patchify_video(
         pad = temporal_patch_size - num % temporal_patch_size
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
         num += pad
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=frames.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=frames.device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(frames.device, non_blocking=True)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(frames.device, non_blocking=True)
     frames = (frames * (1.0 / 255.0) - mean_t) / std_t
     grid_t, grid_h, grid_w = num // temporal_patch_size, height // patch_size, width // patch_size
     if grid_h % merge_size or grid_w % merge_size:
@@ -265,7 +265,7 @@ def merged_token_saliency(
 class _SaliencyProbe:
     """Forward hooks on the last ViT block that compute the merged-token saliency (read-only)."""
 
-    def __init__(self, visual: torch.nn.Module, grid_thw: torch.Tensor, window_index: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, visual: torch.nn.Module, grid: Tuple[int, int, int], window_index: Optional[torch.Tensor] = None) -> None:
         depth = len(visual.blocks)
         if (depth - 1) not in set(int(i) for i in visual.fullatt_block_indexes):
             raise ValueError(
@@ -277,9 +277,10 @@ class _SaliencyProbe:
         self.block = visual.blocks[-1]
         self.num_heads = int(self.block.attn.num_heads)
         self.merge_unit = int(visual.spatial_merge_unit)
-        self.grid_t = int(grid_thw[0, 0])
+        self.grid_t = int(grid[0])
         if window_index is None:
-            window_index, _ = get_vision_window_index(grid_thw.cpu(), visual.spatial_merge_size, visual.window_size, visual.patch_size)
+            host_grid = torch.tensor([list(grid)], dtype=torch.long)
+            window_index, _ = get_vision_window_index(host_grid, visual.spatial_merge_size, visual.window_size, visual.patch_size)
         self.window_index = window_index
         self.rotary: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
         self.saliency: Optional[torch.Tensor] = None
@@ -487,6 +488,7 @@ class Qwen25VLTango(TangoVideoLM):
         self.vision_blocks = vision_blocks
         self._fast_blocks: Optional[FastBlocks] = None
         self._vision_table_cache: Dict[tuple, Dict[str, Any]] = {}
+        self._video_rope_cache: Dict[Tuple[int, int, int], Tuple[torch.Tensor, int]] = {}
         self.decoding = decoding
 
     # -- loading -------------------------------------------------------------------------------
@@ -585,23 +587,21 @@ class Qwen25VLTango(TangoVideoLM):
         first = smart_resize(height, width, factor, low, high)
         return first, smart_resize(first[0], first[1], factor, self.processor_min_pixels, self.processor_max_pixels)
 
-    def video_grid(self, clip: VideoClip) -> Tuple[int, int, int]:
-        """(grid_t, grid_h, grid_w) of the clip's patches from its shape alone (what
-        :meth:`pixel_values` makes, read without waiting for the device)."""
-        num, height, width = (int(v) for v in clip.frames.shape[:3])
-        _, (proc_h, proc_w) = self._resize_plan(num, height, width)
-        return -(-num // self.temporal_patch_size), proc_h // self.patch_size, proc_w // self.patch_size
-
     def pixel_values(self, clip: VideoClip) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Resize, normalise and patchify a clip: pixel rows (P, C*2*14*14) float32 and grid (1, 3)."""
+        """Resize, normalise and patchify a clip: pixel rows (P, C*2*14*14) float32 and grid (1, 3)
+        on the device."""
+        rows, grid = self.pixel_rows(clip)
+        return rows, torch.tensor([grid], dtype=torch.long).to(self.device, non_blocking=True)
+
+    def pixel_rows(self, clip: VideoClip) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+        """:meth:`pixel_values` with the grid as host values (grid_t, grid_h, grid_w)."""
         frames = torch.from_numpy(np.ascontiguousarray(clip.frames)).to(self.device)
         frames = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W) in [0, 255]
         (new_h, new_w), (proc_h, proc_w) = self._resize_plan(frames.shape[0], frames.shape[-2], frames.shape[-1])
         frames = resize_frames(frames, new_h, new_w, round_to_uint8=True)
         frames = resize_frames(frames, proc_h, proc_w, round_to_uint8=False)
-        rows, grid = patchify_video(frames, self.image_mean, self.image_std, self.patch_size,
-                                    self.temporal_patch_size, self.merge_size)
-        return rows, torch.tensor([grid], dtype=torch.long, device=self.device)
+        return patchify_video(frames, self.image_mean, self.image_std, self.patch_size,
+                              self.temporal_patch_size, self.merge_size)
 
     def prompt_ids(self, question: str, num_video_tokens: int, device: Optional[torch.device] = None) -> torch.Tensor:
         """Chat-template prompt with the video placeholder expanded: (1, S) token ids on ``device``
@@ -661,26 +661,33 @@ class Qwen25VLTango(TangoVideoLM):
             self.vision_attention == "auto" and self.device.type == "cuda" and config._attn_implementation in ("sdpa", "eager")
         )
 
-    def vision_tables(self, grid_thw: torch.Tensor) -> Dict[str, Any]:
-        """The ViT's index tables for one video grid, made by transformers' own helpers once per grid
-        and kept on the device (rebuilt per call they cost milliseconds of Python and host syncs):
-        rotary position ids, window order and the full and windowed sequence bounds with their
-        longest lengths, as the keyword arguments that the ViT's forward accepts instead."""
+    def vision_tables(self, grid: Tuple[int, int, int]) -> Dict[str, Any]:
+        """The ViT's index tables for one video grid (host values), made by transformers' own
+        helpers on the host once per grid and kept on the device (rebuilt per call they cost
+        milliseconds of Python and host syncs): rotary position ids, window order and the full and
+        windowed sequence bounds with their longest lengths, as the keyword arguments that the
+        ViT's forward accepts instead."""
         from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
         visual = self.model.model.visual
-        key = (str(grid_thw.device),) + tuple(int(v) for v in grid_thw.reshape(-1).tolist())
+        key = (str(self.device),) + tuple(int(v) for v in grid)
         tables = self._vision_table_cache.get(key)
         if tables is None:
-            window_index, cu_window = get_vision_window_index(grid_thw.cpu(), visual.spatial_merge_size, visual.window_size, visual.patch_size)
-            cu_seqlens, _ = get_vision_attention_seqlens(grid_thw, visual.config)
-            cu_window = torch.as_tensor(cu_window, dtype=torch.int32).to(grid_thw.device)
+            host_grid = torch.tensor([key[1:]], dtype=torch.long)
+            window_index, cu_window = get_vision_window_index(host_grid, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+            cu_seqlens, _ = get_vision_attention_seqlens(host_grid, visual.config)
+            cu_window = torch.as_tensor(cu_window, dtype=torch.int32)
+            cu_seqlens = torch.as_tensor(cu_seqlens, dtype=torch.int32)
+
+            def up(tensor: torch.Tensor) -> torch.Tensor:
+                return tensor.to(self.device, non_blocking=True)
+
             tables = {
-                "position_ids": get_vision_position_ids(grid_thw, visual.spatial_merge_size),
-                "cu_seqlens": cu_seqlens,
+                "position_ids": up(get_vision_position_ids(host_grid, visual.spatial_merge_size)),
+                "cu_seqlens": up(cu_seqlens),
                 "max_seqlen": int((cu_seqlens[1:] - cu_seqlens[:-1]).max()),
-                "window_index": window_index.to(grid_thw.device),
-                "cu_window_seqlens": cu_window,
+                "window_index": up(window_index),
+                "cu_window_seqlens": up(cu_window),
                 "max_window_seqlen": int((cu_window[1:] - cu_window[:-1]).max()),
             }
             self._vision_table_cache[key] = tables
@@ -696,37 +703,49 @@ class Qwen25VLTango(TangoVideoLM):
             mode = "compiled" if self.device.type == "cuda" else "transformers"
         tables = dict(tables or {})  # the ViT pops what it uses
         if mode == "transformers":
-            return self.model.model.get_video_features(pixels, grid_thw, **tables)
+            return torch.cat(self.model.model.get_video_features(pixels, grid_thw, **tables).pooler_output, dim=0)
         if self._fast_blocks is None or bool(self._fast_blocks.compiled) != (mode == "compiled"):
             blocks = self.model.model.visual.blocks
             compiled = range(len(blocks) - 1) if mode == "compiled" else ()  # the last one carries the saliency hooks
             self._fast_blocks = FastBlocks(blocks, pad_multiple=64, compiled=compiled)
-        return self._fast_blocks.run(self.model.model.get_video_features, pixels, grid_thw, **tables)
+        return self._fast_blocks.run(self._one_video_features, pixels, grid_thw, **tables)
 
-    def encode_video(self, pixels: torch.Tensor, grid_thw: torch.Tensor, with_saliency: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _one_video_features(self, pixels: torch.Tensor, grid_thw: torch.Tensor, **tables: Any) -> torch.Tensor:
+        """``get_video_features`` for one video: the ViT and merger, (Nv, D). transformers' own
+        splits its output per video by sizes read back from the device, a wait for the whole ViT."""
+        visual = self.model.model.visual
+        return visual(pixels.type(visual.dtype), grid_thw=grid_thw, **tables).pooler_output
+
+    def encode_video(
+        self, pixels: torch.Tensor, grid_thw: torch.Tensor, with_saliency: bool, grid: Optional[Tuple[int, int, int]] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Video embeddings (Nv, D) after the merger in LLM order and, if asked, saliency (grid_t, L).
 
-        With batched window attention the ViT's index tables come from :meth:`vision_tables`."""
+        ``grid``: ``grid_thw``'s values on the host, when known (else read from it: a wait for the
+        device). With batched window attention the ViT's index tables come from :meth:`vision_tables`."""
         core = self.model.model
-        tables = self.vision_tables(grid_thw) if self._batches_windows() else None
+        if grid is None:
+            grid = tuple(int(v) for v in grid_thw.reshape(-1).tolist())
+        tables = self.vision_tables(grid) if self._batches_windows() else None
         if not with_saliency:
             with self._window_attention():
-                return torch.cat(self._vision_features(pixels, grid_thw, tables).pooler_output, dim=0), None
-        probe = _SaliencyProbe(core.visual, grid_thw, tables["window_index"] if tables else None)
+                return self._vision_features(pixels, grid_thw, tables), None
+        probe = _SaliencyProbe(core.visual, grid, tables["window_index"] if tables else None)
         with probe.attached(), self._window_attention():
             out = self._vision_features(pixels, grid_thw, tables)
         if probe.saliency is None:
             raise RuntimeError("The saliency hooks did not fire; is the ViT's last block bypassed?")
-        return torch.cat(out.pooler_output, dim=0), probe.saliency
+        return out, probe.saliency
 
     def encode(self, clip: VideoClip, with_saliency: bool, timer: StageTimer) -> VisualTokens:
         """The ViT and its merger (features per temporal patch); saliency from the last ViT block."""
         with timer("preprocess"):
-            pixels, grid_thw = self.pixel_values(clip)
+            pixels, grid_thw_host = self.pixel_rows(clip)
+            grid_thw = torch.tensor([grid_thw_host], dtype=torch.long).to(self.device, non_blocking=True)
         with timer("vit"):
-            video_embeds, saliency = self.encode_video(pixels, grid_thw, with_saliency)
+            video_embeds, saliency = self.encode_video(pixels, grid_thw, with_saliency, grid=grid_thw_host)
         with timer("project"):
-            grid_t, grid_h, grid_w = self.video_grid(clip)  # host values: reading grid_thw would wait for the ViT
+            grid_t, grid_h, grid_w = grid_thw_host
             grid = (grid_h // self.merge_size, grid_w // self.merge_size)
             features = video_embeds.reshape(grid_t, grid[0] * grid[1], -1)
             times = torch.from_numpy(patch_timestamps(np.asarray(clip.timestamps), grid_t)).to(self.device, non_blocking=True)
@@ -734,21 +753,45 @@ class Qwen25VLTango(TangoVideoLM):
 
     # -- prompt with the video -----------------------------------------------------------------
 
+    def video_rope_block(self, grid: Tuple[int, int, int]) -> Tuple[torch.Tensor, int]:
+        """M-RoPE ids (3, Nv) of a video's tokens when the video starts at position 0, and the
+        position at which the text after it resumes: transformers' ``get_rope_index`` on a
+        text-video-text sequence, once per grid (host tensors).
+
+        The ids of a prompt with the video after ``b`` text tokens are these plus ``b``: the
+        function is a Python pass over every token (tens of ms on a busy host) and shifts every id
+        by the text before the video."""
+        cached = self._video_rope_cache.get(grid)
+        if cached is None:
+            grid_thw = torch.tensor([list(grid)], dtype=torch.long)
+            num_video = int(grid_thw.prod()) // (self.merge_size ** 2)
+            types = torch.zeros(1, num_video + 2, dtype=torch.int32)
+            types[0, 1:-1] = 2
+            ids = torch.where(types == 2, self.video_token_id, 0).long()
+            positions, _ = self.model.model.get_rope_index(
+                ids, mm_token_type_ids=types, video_grid_thw=grid_thw, second_per_grid_ts=torch.ones(1),
+                attention_mask=torch.ones_like(ids),
+            )
+            cached = (positions[:, 0, 1:-1] - 1, int(positions[0, 0, -1]) - 1)
+            self._video_rope_cache[grid] = cached
+        return cached
+
     def prepare_text(self, question: str, clip: VideoClip, visual: VisualTokens) -> "QwenText":
-        """The prompt's ids and the full sequence's M-RoPE ids (transformers' ``get_rope_index``),
-        computed on the host from the video grid while the GPU runs the ViT, then uploaded without
-        waiting (integer arithmetic: the same ids as on the device)."""
+        """The prompt's ids and the full sequence's M-RoPE ids (transformers' ``get_rope_index``,
+        through :meth:`video_rope_block`), computed on the host from the video grid while the GPU
+        runs the ViT, then uploaded without waiting (integer arithmetic: the same ids as on the device)."""
         num_frames = int(visual.features.shape[0])
-        grid_thw = torch.tensor([[num_frames, visual.grid[0] * self.merge_size, visual.grid[1] * self.merge_size]], dtype=torch.long)
-        host = self._text_inputs(question, grid_thw, device=torch.device("cpu"))
-        position_ids, rope_deltas = self.model.model.get_rope_index(
-            host["input_ids"],
-            mm_token_type_ids=host["mm_token_type_ids"],
-            video_grid_thw=grid_thw,
-            second_per_grid_ts=host["second_per_grid_ts"],
-            attention_mask=host["attention_mask"],
-        )
+        grid = (num_frames, visual.grid[0] * self.merge_size, visual.grid[1] * self.merge_size)
+        host = self._text_inputs(question, torch.tensor([grid], dtype=torch.long), device=torch.device("cpu"))
+        length = int(host["input_ids"].shape[1])
         video_positions = (host["input_ids"][0] == self.video_token_id).nonzero().squeeze(1)  # one contiguous run
+        start, count = int(video_positions[0]), int(video_positions.numel())
+        block, resume = self.video_rope_block(grid)
+        after = length - start - count
+        position_ids = torch.cat([
+            torch.arange(start).expand(3, -1), block + start, torch.arange(after).expand(3, -1) + start + resume,
+        ], dim=1)[:, None, :]
+        rope_deltas = (position_ids.max() + 1 - length).reshape(1, 1)
 
         def up(tensor: torch.Tensor) -> torch.Tensor:
             return tensor.to(self.device, non_blocking=True)

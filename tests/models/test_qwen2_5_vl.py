@@ -464,29 +464,38 @@ def test_vit_index_tables_are_made_once_per_grid(vanilla, monkeypatch):
 
 @pytest.mark.parametrize("shape", [(4, 112, 140), (6, 90, 200), (2, 300, 56)])
 def test_host_grid_is_the_pixel_grid(vanilla, shape):
-    """The grid read from the clip's shape (so that nothing waits for the ViT) is the one the
-    pixel rows are cut into."""
+    """The grid kept on the host (so that nothing waits for the ViT) is the one the pixel rows are
+    cut into, in the processor's patches of 14 pixels within its 28-pixel multiples."""
     clip = vanilla.load_clip(_frames(shape[0], height=shape[1], width=shape[2]))
-    rows, grid_thw = vanilla.pixel_values(clip)
-    assert tuple(grid_thw[0].tolist()) == vanilla.video_grid(clip)
-    assert rows.shape[0] == int(grid_thw.prod())
+    rows, grid = vanilla.pixel_rows(clip)
+    _, grid_thw = vanilla.pixel_values(clip)
+    assert tuple(grid_thw[0].tolist()) == grid
+    assert rows.shape[0] == grid[0] * grid[1] * grid[2]
+    assert grid[0] == -(-shape[0] // 2) and grid[1] % 2 == 0 and grid[2] % 2 == 0
 
 
-def test_text_side_prepared_on_the_host_is_transformers_own(vanilla):
-    """prepare_text's ids and M-RoPE ids (made on the host before the ViT's output is read) are what
-    transformers' processor path gives for the same prompt and grid."""
-    frames = _frames(4)
-    inputs = vanilla.prepare_inputs(frames, "What happens?")
+@pytest.mark.parametrize("num_frames, question", [
+    (4, "What happens?"),
+    (4, "A much longer question about the video, with several clauses, to move the text after it?"),
+    (6, "Why?"),
+    (2, ""),
+])
+def test_text_side_prepared_on_the_host_is_transformers_own(vanilla, num_frames, question):
+    """prepare_text's ids and M-RoPE ids (made on the host before the ViT's output is read, from a
+    per-grid block) are what transformers' get_rope_index gives on the whole prompt."""
+    frames = _frames(num_frames)
+    inputs = vanilla.prepare_inputs(frames, question)
     visual = vanilla.encode(vanilla.load_clip(frames), with_saliency=False, timer=StageTimer(vanilla.device))
-    text = vanilla.prepare_text("What happens?", vanilla.load_clip(frames), visual)
-    assert torch.equal(text.input_ids, inputs.input_ids)
-    expected, deltas = vanilla.model.model.get_rope_index(
-        inputs.input_ids, mm_token_type_ids=inputs.mm_token_type_ids, video_grid_thw=inputs.video_grid_thw,
-        second_per_grid_ts=inputs.second_per_grid_ts, attention_mask=inputs.attention_mask,
-    )
-    assert torch.equal(text.position_ids, expected) and torch.equal(text.rope_deltas, deltas)
-    assert text.visual_start == int((inputs.input_ids[0] == vanilla.video_token_id).nonzero()[0])
-    assert text.first_new_position == int(expected.max()) + 1
+    for _ in range(2):  # the second call reads the cached block
+        text = vanilla.prepare_text(question, vanilla.load_clip(frames), visual)
+        assert torch.equal(text.input_ids, inputs.input_ids)
+        expected, deltas = vanilla.model.model.get_rope_index(
+            inputs.input_ids, mm_token_type_ids=inputs.mm_token_type_ids, video_grid_thw=inputs.video_grid_thw,
+            second_per_grid_ts=inputs.second_per_grid_ts, attention_mask=inputs.attention_mask,
+        )
+        assert torch.equal(text.position_ids, expected) and torch.equal(text.rope_deltas, deltas)
+        assert text.visual_start == int((inputs.input_ids[0] == vanilla.video_token_id).nonzero()[0])
+        assert text.first_new_position == int(expected.max()) + 1
 
 
 def test_splice_refuses_a_prompt_of_another_video(vanilla):

@@ -81,7 +81,8 @@ def test_tower_with_the_fused_norm_kernel(monkeypatch):
     monkeypatch.setattr(siglip_tower, "add_then_norm", counted)
     got = SiglipTower(tower, 3, mode="fused")(batch)
     assert len(calls) == 3 * 2 - 1  # two per layer, but the last layer's output is not normalised
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    tol = 1e-5 if device.type == "cpu" else 1e-4  # the GPU's own kernels reduce in other orders too
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("mode", ["fused", "graphs", "transformers"])
