@@ -352,6 +352,12 @@ class DatasetRunner:
         if "image" in meta:
             meta.pop("image")
         dump(meta, str(prediction_file))
+        if not prediction_file.exists():  # VLMEvalKit's dump falls back to a .pkl when a format's writer fails
+            raise RuntimeError(
+                f"VLMEvalKit could not write {prediction_file} (its dump fell back to "
+                f"{prediction_file.with_suffix('.pkl').name}); for .xlsx it needs xlsxwriter: `pip install xlsxwriter`, "
+                "then run again (the answers are kept and reused)."
+            )
         score_files: List[str] = []
         if self.options.mode != "infer":
             score_files = self._score(dataset, prediction_file)

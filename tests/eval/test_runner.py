@@ -170,6 +170,24 @@ def test_undecodable_video_is_a_failed_sample_not_a_failed_run(assets) -> None:
     assert predictions(work_dir, "Video-MME") == answers
 
 
+def test_missing_xlsx_writer_is_one_clear_error_and_the_answers_are_kept(assets) -> None:
+    """VLMEvalKit's dump silently writes a .pkl when xlsxwriter is missing; the run says so and what
+    to install, and the next run (writer back) reuses every answer."""
+    work_dir = assets["root"] / "no_xlsxwriter"
+    shadow = assets["root"] / "shadow"
+    (shadow / "xlsxwriter").mkdir(parents=True, exist_ok=True)
+    (shadow / "xlsxwriter" / "__init__.py").write_text("raise ImportError('xlsxwriter hidden by the test')\n")
+    args = command(assets, work_dir, datasets=("Video-MME",))
+    env = environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(shadow), env["PYTHONPATH"]])
+    result = subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "pip install xlsxwriter" in result.stderr + result.stdout
+    again = run(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Video-MME: answered 0, reused {SAMPLES}, failed 0" in again.stdout
+
+
 def test_other_settings_in_the_same_work_dir_are_refused(assets, reference) -> None:
     result = run(command(assets, reference, "--retain-ratio", "0.2"))
     assert result.returncode == 1
