@@ -44,6 +44,7 @@ from .video import check_frames, probe_video, read_frames
 
 VISION_ATTENTION: Tuple[str, ...] = ("auto", "batched", "transformers")
 VISION_BLOCKS: Tuple[str, ...] = ("auto", "compiled", "padded", "transformers")
+GRID_CACHE_SIZE = 16  # video grids whose ViT tables and M-RoPE block an adapter keeps (oldest dropped first)
 
 # qwen-vl-utils' video constants (fetch_video / smart_nframes).
 IMAGE_FACTOR: int = 28
@@ -591,7 +592,11 @@ class Qwen25VLTango(TangoVideoLM):
         """Resize, normalise and patchify a clip: pixel rows (P, C*2*14*14) float32 and grid (1, 3)
         on the device."""
         rows, grid = self.pixel_rows(clip)
-        return rows, torch.tensor([grid], dtype=torch.long).to(self.device, non_blocking=True)
+        return rows, self._device_grid(grid)
+
+    def _device_grid(self, grid: Tuple[int, int, int]) -> torch.Tensor:
+        """(1, 3) long on the device, uploaded without waiting."""
+        return torch.tensor([list(grid)], dtype=torch.long).to(self.device, non_blocking=True)
 
     def pixel_rows(self, clip: VideoClip) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
         """:meth:`pixel_values` with the grid as host values (grid_t, grid_h, grid_w)."""
@@ -670,10 +675,10 @@ class Qwen25VLTango(TangoVideoLM):
         from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids, get_vision_window_index
 
         visual = self.model.model.visual
-        key = (str(self.device),) + tuple(int(v) for v in grid)
+        key = tuple(int(v) for v in grid)
         tables = self._vision_table_cache.get(key)
         if tables is None:
-            host_grid = torch.tensor([key[1:]], dtype=torch.long)
+            host_grid = torch.tensor([list(key)], dtype=torch.long)
             window_index, cu_window = get_vision_window_index(host_grid, visual.spatial_merge_size, visual.window_size, visual.patch_size)
             cu_seqlens, _ = get_vision_attention_seqlens(host_grid, visual.config)
             cu_window = torch.as_tensor(cu_window, dtype=torch.int32)
@@ -691,7 +696,7 @@ class Qwen25VLTango(TangoVideoLM):
                 "max_window_seqlen": int((cu_window[1:] - cu_window[:-1]).max()),
             }
             self._vision_table_cache[key] = tables
-            while len(self._vision_table_cache) > 16:
+            while len(self._vision_table_cache) > GRID_CACHE_SIZE:
                 self._vision_table_cache.pop(next(iter(self._vision_table_cache)))
         return tables
 
@@ -741,7 +746,7 @@ class Qwen25VLTango(TangoVideoLM):
         """The ViT and its merger (features per temporal patch); saliency from the last ViT block."""
         with timer("preprocess"):
             pixels, grid_thw_host = self.pixel_rows(clip)
-            grid_thw = torch.tensor([grid_thw_host], dtype=torch.long).to(self.device, non_blocking=True)
+            grid_thw = self._device_grid(grid_thw_host)
         with timer("vit"):
             video_embeds, saliency = self.encode_video(pixels, grid_thw, with_saliency, grid=grid_thw_host)
         with timer("project"):
@@ -774,6 +779,8 @@ class Qwen25VLTango(TangoVideoLM):
             )
             cached = (positions[:, 0, 1:-1] - 1, int(positions[0, 0, -1]) - 1)
             self._video_rope_cache[grid] = cached
+            while len(self._video_rope_cache) > GRID_CACHE_SIZE:
+                self._video_rope_cache.pop(next(iter(self._video_rope_cache)))
         return cached
 
     def prepare_text(self, question: str, clip: VideoClip, visual: VisualTokens) -> "QwenText":
@@ -798,8 +805,8 @@ class Qwen25VLTango(TangoVideoLM):
 
         return QwenText(
             input_ids=up(host["input_ids"]), attention_mask=up(host["attention_mask"]), position_ids=up(position_ids),
-            rope_deltas=up(rope_deltas), video_positions=up(video_positions), visual_start=int(video_positions[0]),
-            first_new_position=int(host["input_ids"].shape[1]) + int(rope_deltas.reshape(-1)[0]),
+            rope_deltas=up(rope_deltas), video_positions=up(video_positions), visual_start=start,
+            first_new_position=length + int(rope_deltas.reshape(-1)[0]),
         )
 
     def splice(self, question: str, visual: VisualTokens, kept: KeptTokens, clip: VideoClip, text: Optional["QwenText"] = None) -> QwenPrefill:
